@@ -1,0 +1,1 @@
+"""fm-pixel: pixel-space flow matching on MNIST and Fashion-MNIST."""

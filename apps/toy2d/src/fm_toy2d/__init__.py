@@ -1,0 +1,1 @@
+"""fm-toy2d: 2D flow matching and normalizing flows, with pictures and animations."""

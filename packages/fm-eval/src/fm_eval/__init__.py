@@ -1,0 +1,1 @@
+"""Metrics for flow matching: 2D distances, checkerboard and ring quality, classifier-feature FID."""

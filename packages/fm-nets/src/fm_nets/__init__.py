@@ -1,0 +1,28 @@
+"""Velocity networks for flow matching: ``model(x, t, y=None) -> v``.
+
+t is a float tensor [B] in [0, 1] (t = 0 noise, t = 1 data); y holds integer labels [B] or is None,
+and the label ``num_classes`` is the null class used by classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .embeddings import LabelEmbedding, TimeEmbedding, sinusoidal_embedding
+
+__all__ = ["LabelEmbedding", "TimeEmbedding", "sinusoidal_embedding", "build_net", "NETS"]
+
+NETS = ("mlp", "unet")
+
+
+def build_net(name: str, **config) -> nn.Module:
+    """Build a registered network from its name and its ``.config`` dict (as saved in config.json)."""
+    if name == "mlp":
+        from .mlp import MLPVelocity
+
+        return MLPVelocity(**config)
+    if name == "unet":
+        from .unet import UNet
+
+        return UNet(**config)
+    raise ValueError(f"unknown network {name!r}; choose one of {', '.join(NETS)}")

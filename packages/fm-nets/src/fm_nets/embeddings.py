@@ -1,0 +1,82 @@
+"""Embeddings of continuous time t in [0, 1] (t = 0 noise, t = 1 data) and of class labels.
+
+Pitfall avoided: a sinusoidal embedding built for integer diffusion steps (max period 10,000)
+fed with raw t in [0, 1] leaves most channels almost constant. We scale t by ``scale``
+(default 1,000) before the sinusoids, so the frequencies cover the unit interval.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def as_time_batch(t: Tensor | float, batch: int, like: Tensor) -> Tensor:
+    """Return t as a float tensor of shape [batch] on ``like``'s device and dtype.
+
+    Accepts a Python float, a 0-d tensor, a [1] tensor or a [batch] tensor.
+    """
+    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    if t.ndim == 0 or t.numel() == 1:
+        return t.reshape(1).expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"t must be a scalar or have shape [{batch}], got {tuple(t.shape)}")
+    return t
+
+
+def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal features of ``t * scale``: [B] -> [B, dim] (cos half, then sin half).
+
+    Transformer position encoding (Vaswani et al. 2017) as used for diffusion time steps (Ho et al. 2020).
+    """
+    if dim % 2 != 0:
+        raise ValueError(f"sinusoidal embedding dim must be even, got {dim}")
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = (t.float() * scale)[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(t.dtype)
+
+
+class TimeEmbedding(nn.Module):
+    """t [B] in [0, 1] -> [B, out_dim]: sinusoidal features of 1000 t, then Linear-SiLU-Linear."""
+
+    def __init__(self, out_dim: int, freq_dim: int = 128, scale: float = 1000.0) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.scale = scale
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(sinusoidal_embedding(t, self.freq_dim, self.scale))
+
+
+class LabelEmbedding(nn.Module):
+    """Class labels [B] -> [B, dim], with one extra row for the null class ``num_classes``.
+
+    ``y=None`` means "no label" and embeds the null class for the whole batch (classifier-free
+    guidance, Ho & Salimans 2022). Labels outside [0, num_classes] raise ValueError.
+    """
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.embedding = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, y: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        if y is None:
+            y = torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        y = torch.as_tensor(y, device=device).long()
+        if y.ndim == 0:
+            y = y.expand(batch)
+        if y.shape != (batch,):
+            raise ValueError(f"y must have shape [{batch}], got {tuple(y.shape)}")
+        if not torch.compiler.is_compiling() and y.numel() and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}] ({self.num_classes} = null class), "
+                f"got range [{int(y.min())}, {int(y.max())}]"
+            )
+        return self.embedding(y)

@@ -1,0 +1,1 @@
+"""Normalizing flows from affine coupling, permutation, ActNorm and invertible linear layers."""
