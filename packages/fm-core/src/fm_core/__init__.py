@@ -1,1 +1,60 @@
-"""Flow-matching core: probability paths, schedulers, time samplers, couplings, loss, ODE solvers, likelihood, guidance."""
+"""Flow-matching core: probability paths, schedulers, time samplers, couplings, loss, ODE solvers,
+likelihood, guidance.
+
+Time convention everywhere: t = 0 is the source (standard Gaussian noise, x0), t = 1 is the data
+(x1); sampling integrates t from 0 to 1, encoding from 1 to 0. Velocity models are called as
+``model(x, t, y=None)`` with x [B, ...], t float [B] in [0, 1] and y int64 [B] or None.
+"""
+
+from .coupling import (
+    COUPLINGS,
+    CoupledBatch,
+    Coupling,
+    ExactOTCoupling,
+    IndependentCoupling,
+    SinkhornCoupling,
+    get_coupling,
+    sinkhorn_plan,
+    squared_distances,
+    transport_cost,
+)
+from .guidance import CFGVelocity
+from .loss import FlowMatchingLoss
+from .marginal import EmpiricalMarginalVelocity, gaussian_marginal_velocity
+from .paths import AffinePath, CondOTPath, PathSample
+from .schedulers import (
+    SCHEDULERS,
+    CondOTScheduler,
+    CosineScheduler,
+    PolynomialScheduler,
+    Scheduler,
+    SchedulerOutput,
+    VPScheduler,
+    get_scheduler,
+)
+from .time_samplers import (
+    TIME_SAMPLERS,
+    LogitNormalTime,
+    StratifiedTime,
+    TimeSampler,
+    UniformTime,
+    get_time_sampler,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # schedulers
+    "SchedulerOutput", "Scheduler", "CondOTScheduler", "CosineScheduler", "VPScheduler",
+    "PolynomialScheduler", "SCHEDULERS", "get_scheduler",
+    # paths
+    "PathSample", "AffinePath", "CondOTPath",
+    # time samplers
+    "TimeSampler", "UniformTime", "LogitNormalTime", "StratifiedTime", "TIME_SAMPLERS",
+    "get_time_sampler",
+    # couplings
+    "CoupledBatch", "Coupling", "IndependentCoupling", "ExactOTCoupling", "SinkhornCoupling",
+    "COUPLINGS", "get_coupling", "transport_cost", "squared_distances", "sinkhorn_plan",
+    # loss, guidance, closed-form velocities
+    "FlowMatchingLoss", "CFGVelocity", "EmpiricalMarginalVelocity", "gaussian_marginal_velocity",
+]

@@ -1,1 +1,48 @@
 """Data for flow matching: 2D/ND toy distributions, MNIST and Fashion-MNIST from IDX files."""
+
+# toy distributions (fm_data.toy)
+from .toy import (
+    TOY_DATASETS,
+    Checkerboard,
+    EightGaussians,
+    Moons,
+    OlympicRings,
+    Spirals,
+    ToyDistribution,
+    get_toy,
+)
+
+# MNIST / Fashion-MNIST from IDX files (fm_data.images)
+from .images import (
+    CLASS_NAMES,
+    IMAGE_DATASETS,
+    DataError,
+    ImageData,
+    find_dataset_dir,
+    load_images,
+    read_idx,
+    to_model,
+    to_uint8,
+)
+
+__all__ = [
+    # toy
+    "TOY_DATASETS",
+    "ToyDistribution",
+    "Checkerboard",
+    "OlympicRings",
+    "Moons",
+    "EightGaussians",
+    "Spirals",
+    "get_toy",
+    # images
+    "IMAGE_DATASETS",
+    "CLASS_NAMES",
+    "DataError",
+    "ImageData",
+    "find_dataset_dir",
+    "load_images",
+    "read_idx",
+    "to_model",
+    "to_uint8",
+]

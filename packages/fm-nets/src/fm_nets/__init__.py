@@ -9,8 +9,10 @@ from __future__ import annotations
 from torch import nn
 
 from .embeddings import LabelEmbedding, TimeEmbedding, sinusoidal_embedding
+from .mlp import MLPVelocity
+from .unet import UNet
 
-__all__ = ["LabelEmbedding", "TimeEmbedding", "sinusoidal_embedding", "build_net", "NETS"]
+__all__ = ["LabelEmbedding", "TimeEmbedding", "sinusoidal_embedding", "MLPVelocity", "UNet", "build_net", "NETS"]
 
 NETS = ("mlp", "unet")
 
@@ -18,8 +20,6 @@ NETS = ("mlp", "unet")
 def build_net(name: str, **config) -> nn.Module:
     """Build a registered network from its name and its ``.config`` dict (as saved in config.json)."""
     if name == "mlp":
-        from .mlp import MLPVelocity
-
         return MLPVelocity(**config)
     if name == "unet":
         from .unet import UNet

@@ -1,1 +1,63 @@
-"""One training loop for flow-matching models: EMA, schedules, atomic checkpoints, resume, NaN guard."""
+"""One training loop for flow-matching models: EMA, schedules, atomic checkpoints, resume, NaN guard.
+
+Model- and loss-agnostic: the app passes ``loss_fn(model, batch, generator)`` and
+``batch_fn(step, generator)``; nothing here imports another fm_* package.
+"""
+
+from .checkpoint import (
+    CHECKPOINT_DIRNAME,
+    Checkpoint,
+    CheckpointError,
+    atomic_write_text,
+    check_state_dict,
+    find_checkpoint,
+    load_checkpoint,
+    load_model_for_sampling,
+    load_weights,
+    read_json,
+    recover_checkpoint,
+    save_checkpoint,
+)
+from .config import DEFAULT_STEPS, RESUME_MUST_MATCH, TrainConfig
+from .devices import DEVICE_CHOICES, autocast, maybe_compile, resolve_device
+from .ema import EMA
+from .history import HISTORY_FILENAME, LossHistory
+from .loop import Trainer, TrainingDivergedError, TrainResult
+from .rng import capture_rng_state, restore_rng_state, seed_everything
+from .schedule import SCHEDULES, decay_progress, lr_at
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CHECKPOINT_DIRNAME",
+    "Checkpoint",
+    "CheckpointError",
+    "DEFAULT_STEPS",
+    "DEVICE_CHOICES",
+    "EMA",
+    "HISTORY_FILENAME",
+    "LossHistory",
+    "RESUME_MUST_MATCH",
+    "SCHEDULES",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingDivergedError",
+    "atomic_write_text",
+    "autocast",
+    "capture_rng_state",
+    "check_state_dict",
+    "decay_progress",
+    "find_checkpoint",
+    "load_checkpoint",
+    "load_model_for_sampling",
+    "load_weights",
+    "lr_at",
+    "maybe_compile",
+    "read_json",
+    "recover_checkpoint",
+    "resolve_device",
+    "restore_rng_state",
+    "save_checkpoint",
+    "seed_everything",
+]

@@ -1,0 +1,241 @@
+"""Metrics of a trained fm-toy2d run: sample quality, likelihood, quality against NFE, reversibility.
+
+All metrics compare with HELD-OUT data: drawn from a generator seeded with
+``heldout_seed(cfg.seed)``, never from the training stream (the Trainer's generator seeded with
+``cfg.seed``). Time convention: t = 0 is N(0, I) noise, t = 1 is data.
+
+* :func:`sample_quality`: the dataset's own quality numbers (fm_eval.metrics2d):
+  checkerboard -> in_support, min/max_cell_ratio; olympic-rings -> in_support, ring ratios and,
+  with labels, on_own_ring (overall, per label and the worst label).
+* :func:`evaluate`: energy distance, W2 on a subsample, the quality above, and the exact NLL
+  (fm_core.log_likelihood, dopri5, exact divergence) with the true entropy and the gap.
+* :func:`nfe_sweep`: quality for each fixed-step solver at several NFE ("time quantization").
+* :func:`reversibility`: encode data to noise (t = 1 -> 0) and decode back; reconstruction error
+  and how Gaussian the codes are.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fm_core.likelihood import log_likelihood
+from fm_eval.metrics2d import checkerboard_quality, energy_distance, rings_quality, wasserstein2
+
+from .config import SOLVERS, RunConfig
+from .sampling import decode, encode, sample_points, steps_for
+from .training import FlowRun, write_json
+
+__all__ = [
+    "HELDOUT_OFFSET",
+    "NFE_GRID",
+    "evaluate",
+    "heldout_data",
+    "heldout_seed",
+    "likelihood",
+    "nfe_sweep",
+    "reversibility",
+    "sample_quality",
+    "update_metrics",
+]
+
+#: Held-out data use the seed ``cfg.seed + HELDOUT_OFFSET``; sampling noise ``cfg.seed + SAMPLE_OFFSET``.
+HELDOUT_OFFSET = 1_000_003
+SAMPLE_OFFSET = 2_000_029
+#: NFE values of the "time quantization" sweep (multiples of 4, so every solver can use them).
+NFE_GRID = (4, 8, 16, 32, 64)
+
+
+def heldout_seed(seed: int) -> int:
+    return int(seed) + HELDOUT_OFFSET
+
+
+def heldout_data(cfg: RunConfig, dist, n: int) -> tuple[Tensor, Tensor | None]:
+    """n held-out data points [n, D] and labels [n] (None when unconditional), fresh seed."""
+    g = torch.Generator().manual_seed(heldout_seed(cfg.seed))
+    if cfg.conditional:
+        return dist.sample_labeled(n, generator=g)
+    return dist.sample(n, generator=g), None
+
+
+def sample_quality(cfg: RunConfig, x: Tensor, y: Tensor | None = None) -> dict[str, Any]:
+    """The dataset-specific quality of samples x [n, D] (labels y for conditional rings); {} if none."""
+    if cfg.dataset == "checkerboard":
+        q = checkerboard_quality(x, cfg.grid, cfg.dim)
+        return {"kind": "checkerboard", **q}
+    if cfg.dataset == "olympic-rings":
+        return {"kind": "rings", **rings_quality(x, y if cfg.conditional else None)}
+    return {}
+
+
+def headline(q: dict[str, Any]) -> str:
+    """One short line for a quality dict (pictures and the CLI)."""
+    if q.get("kind") == "checkerboard":
+        return f"in filled cells {q['in_support']:.1%}, smallest cell {q['min_cell_ratio']:.2f} of its share"
+    if q.get("kind") == "rings":
+        s = f"on a ring {q['in_support']:.1%}"
+        if q.get("on_own_ring_min") is not None:
+            s += f", on own ring (worst label) {q['on_own_ring_min']:.1%}"
+        return s
+    return ""
+
+
+def likelihood(run: FlowRun, n: int = 2000, *, batch: int = 1000, atol: float = 1e-5, rtol: float = 1e-5) -> dict[str, Any]:
+    """Exact NLL (nats per point) of n held-out points: fm_core.log_likelihood with dopri5 and the
+    exact divergence. Conditional runs give log p(x | y) with the true labels, compared with the
+    conditional entropy H(X | Y) where known."""
+    cfg, dist = run.config, run.dist
+    x, y = heldout_data(cfg, dist, n)
+    logps, nfe = [], 0
+    for start in range(0, n, batch):
+        xb = x[start : start + batch].to(run.device)
+        yb = None if y is None else y[start : start + batch].to(run.device)
+        res = log_likelihood(run.velocity, xb, y=yb, method="dopri5", atol=atol, rtol=rtol, divergence="exact")
+        logps.append(res.log_prob.double().cpu())
+        nfe = max(nfe, res.nfe)
+    nll = -torch.cat(logps)
+    entropy = _entropy(cfg, dist)
+    mean = float(nll.mean())
+    return {
+        "mean": mean,
+        "stderr": float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else None,
+        "n": n,
+        "conditional": cfg.conditional,
+        "entropy": entropy,
+        "gap": None if entropy is None else mean - entropy,
+        "method": "dopri5",
+        "divergence": "exact",
+        "atol": atol,
+        "rtol": rtol,
+        "nfe": nfe,
+        "heldout_seed": heldout_seed(cfg.seed),
+    }
+
+
+def _entropy(cfg: RunConfig, dist) -> float | None:
+    """True entropy H(X) (unconditional) or H(X | Y) (conditional) in nats, where known."""
+    if not cfg.conditional:
+        try:
+            return float(dist.entropy())
+        except NotImplementedError:
+            return None
+    if cfg.dataset == "checkerboard":  # uniform on one cell given its label
+        return cfg.dim * math.log(dist.side)
+    if cfg.dataset == "olympic-rings":  # uniform on one annulus given its label
+        return math.log(dist.ring_area)
+    return None
+
+
+def evaluate(
+    run: FlowRun,
+    *,
+    n: int = 20000,
+    solver: str | None = None,
+    nfe: int | None = None,
+    seed: int | None = None,
+    n_nll: int = 2000,
+    w2_n: int = 2000,
+    ed_n: int = 5000,
+    nll: bool = True,
+) -> dict[str, Any]:
+    """Sample n points with (solver, nfe) (default: the run's) and compare with n held-out points.
+
+    Returns {"samples": {...}, "energy_distance", "w2", "quality": {...}, "nll": {...}}: energy
+    distance on up to ``ed_n`` points per side, W2 (exact assignment) on ``w2_n`` points.
+    """
+    cfg = run.config
+    solver = solver or cfg.solver
+    nfe = nfe if nfe is not None else (cfg.nfe if solver in SOLVERS else None)
+    seed = cfg.seed + SAMPLE_OFFSET if seed is None else seed
+    s = sample_points(run.velocity, n, cfg.data_dim, solver=solver, steps=steps_for(solver, nfe),
+                      num_classes=run.num_classes, seed=seed, device=run.device)
+    data, _ = heldout_data(cfg, run.dist, n)
+    out: dict[str, Any] = {
+        "step": run.step,
+        "samples": {"n": n, "solver": solver, "nfe": s.nfe, "seed": seed},
+        "energy_distance": energy_distance(s.x, data, max_n=ed_n, generator=0),
+        "energy_distance_n": min(n, ed_n),
+        "w2": wasserstein2(s.x, data, max_n=w2_n, generator=0),
+        "w2_n": min(n, w2_n),
+        "quality": sample_quality(cfg, s.x, s.y),
+    }
+    if nll:
+        out["nll"] = likelihood(run, n_nll)
+    return out
+
+
+def nfe_sweep(run: FlowRun, *, n: int = 5000, nfes: tuple[int, ...] = NFE_GRID, solvers: tuple[str, ...] = SOLVERS,
+              seed: int | None = None, keep: int = 0) -> tuple[list[dict[str, Any]], dict[tuple[str, int], Tensor]]:
+    """Quality of every fixed-step solver at every NFE in ``nfes``, all from the same noise.
+
+    Returns (rows, samples): rows are {"solver", "nfe", "energy_distance", **quality}; samples maps
+    (solver, nfe) to the first ``keep`` samples (for the picture).
+    """
+    cfg = run.config
+    seed = cfg.seed + SAMPLE_OFFSET if seed is None else seed
+    data, _ = heldout_data(cfg, run.dist, n)
+    rows, kept = [], {}
+    for solver in solvers:
+        for k in nfes:
+            s = sample_points(run.velocity, n, cfg.data_dim, solver=solver, steps=steps_for(solver, k),
+                              num_classes=run.num_classes, seed=seed, device=run.device)
+            q = sample_quality(cfg, s.x, s.y)
+            row = {"solver": solver, "nfe": k, "energy_distance": energy_distance(s.x, data, max_n=2000, generator=0)}
+            row.update({key: q[key] for key in ("in_support", "min_cell_ratio", "on_own_ring", "on_own_ring_min") if key in q})
+            rows.append(row)
+            if keep:
+                kept[(solver, k)] = s.x[:keep]
+    return rows, kept
+
+
+def reversibility(run: FlowRun, *, n: int = 2000, solver: str = "rk4", steps: int = 50) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Encode n held-out points to noise (t = 1 -> 0) and decode them back (0 -> 1).
+
+    Returns (metrics, arrays): reconstruction error (mean / max Euclidean distance, relative to the
+    data's RMS radius), the codes' mean and covariance (N(0, I) has 0 and I), the energy distance
+    of the codes to fresh N(0, I) points and, as its noise floor, of two fresh N(0, I) sets of the
+    same size. ``arrays`` holds x, z (codes), x_rec and y for the picture.
+    """
+    cfg = run.config
+    x, y = heldout_data(cfg, run.dist, n)
+    z, nfe_enc = encode(run.velocity, x, y, solver=solver, steps=steps, device=run.device)
+    x_rec, nfe_dec = decode(run.velocity, z, y, solver=solver, steps=steps, device=run.device)
+    err = (x_rec - x).norm(dim=1)
+    g = torch.Generator().manual_seed(heldout_seed(cfg.seed) + 1)
+    fresh_a, fresh_b = torch.randn(n, cfg.data_dim, generator=g), torch.randn(n, cfg.data_dim, generator=g)
+    zc = z.double()
+    cov = torch.cov(zc.T).reshape(cfg.data_dim, cfg.data_dim)
+    metrics = {
+        "n": n,
+        "solver": solver,
+        "nfe_encode": nfe_enc,
+        "nfe_decode": nfe_dec,
+        "reconstruction_error_mean": float(err.mean()),
+        "reconstruction_error_max": float(err.max()),
+        "data_rms_radius": float(x.norm(dim=1).pow(2).mean().sqrt()),
+        "code_mean": zc.mean(0).tolist(),
+        "code_cov": cov.tolist(),
+        "code_cov_error": float((cov - torch.eye(cfg.data_dim, dtype=cov.dtype)).abs().max()),
+        "code_energy_distance": energy_distance(z, fresh_a),
+        "gaussian_energy_distance_floor": energy_distance(fresh_b, fresh_a),
+    }
+    return metrics, {"x": x, "z": z, "x_rec": x_rec, "y": y}
+
+
+def update_metrics(run_dir: str | Path, new: dict[str, Any]) -> Path:
+    """Merge ``new`` into RUN/metrics.json (keys replaced, others kept), written atomically."""
+    import json
+
+    path = Path(run_dir) / "metrics.json"
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, OSError):
+            data = {}
+    data.update(new)
+    return write_json(path, data)

@@ -1,0 +1,391 @@
+"""Atomic, safe checkpoints: a directory of JSON, safetensors and a weights-only torch file.
+
+Layout of a checkpoint directory (``RUN/checkpoint`` for a Trainer)::
+
+    config.json         {"format": "fm-train-checkpoint", "version": 1, "step": N,
+                         "train": {TrainConfig fields}, ...the app's extra config}
+    model.safetensors   model.state_dict() (the trained weights)
+    ema.safetensors     the EMA weights, same keys (what sampling uses)
+    train_state.pt      optimizer state, step, RNG states, loss history, elapsed time;
+                        only tensors/ints/floats/strings/lists/dicts, loaded with
+                        torch.load(weights_only=True): no pickle can run code
+
+Atomic write (a killed process never leaves a broken checkpoint): the files are written
+and fsync'ed into ``checkpoint.tmp-XXXX`` beside the target, then ``checkpoint`` is renamed
+to ``checkpoint.old``, the temporary directory to ``checkpoint``, and ``checkpoint.old`` is
+removed. A reader that finds no ``checkpoint`` but a ``checkpoint.old`` (killed between the
+two renames) reads the old one; ``*.tmp-*`` directories (killed while writing) are ignored.
+The writer repairs both cases (:func:`recover_checkpoint`) before its next write.
+
+Every problem while loading raises :class:`CheckpointError` (a ``ValueError``) with one line
+that names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from safetensors.torch import load_file as _st_load_file
+from safetensors.torch import save_file as _st_save_file
+from torch import nn
+
+__all__ = [
+    "CheckpointError",
+    "Checkpoint",
+    "CHECKPOINT_DIRNAME",
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "save_checkpoint",
+    "load_checkpoint",
+    "find_checkpoint",
+    "recover_checkpoint",
+    "check_state_dict",
+    "load_weights",
+    "read_json",
+    "atomic_write_text",
+    "load_model_for_sampling",
+]
+
+CHECKPOINT_DIRNAME = "checkpoint"
+CHECKPOINT_FORMAT = "fm-train-checkpoint"
+CHECKPOINT_VERSION = 1
+RUN_FORMAT = "fm-train-run"  # the "format" of RUN/config.json (not a checkpoint)
+CONFIG_FILE, MODEL_FILE, EMA_FILE, STATE_FILE = "config.json", "model.safetensors", "ema.safetensors", "train_state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read or does not fit: the message names the file and the problem."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint. ``model``/``ema`` map names to CPU tensors; ``train_state`` may be None."""
+
+    path: Path
+    config: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+    train_state: dict[str, Any] | None
+
+    @property
+    def step(self) -> int:
+        return int(self.config.get("step", 0))
+
+
+# ----------------------------------------------------------------------------- small IO helpers
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _rename(src: Path, dst: Path) -> None:
+    """The one rename primitive of the protocol (tests replace it to simulate a crash)."""
+    os.replace(src, dst)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (temporary file beside it, fsync, ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON object; any problem is a one-line :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read ({_first_line(e)})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _cpu_tensors(state: Mapping[str, Any], what: str) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise ValueError(f"{what}: entry {k!r} is a {type(v).__name__}, only tensors can be saved")
+        # A fresh contiguous CPU copy: no shared storage (tied weights), safe to write.
+        out[k] = v.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def _read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing file")
+    try:
+        return _st_load_file(str(path), device=str(device))
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+
+
+def _read_torch(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing file")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "WeightsUnpickler" in ln]
+        detail = lines[0][:200] if lines else _first_line(e)
+        raise CheckpointError(
+            f"{path}: refused to load: it holds objects other than tensors and plain containers "
+            f"(torch.load weights_only=True; such a file could run code): {detail}"
+        ) from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable or truncated ({_first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+
+def _old(path: Path) -> Path:
+    return path.with_name(path.name + ".old")
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    """Accept a run directory (holding ``checkpoint/``) or a checkpoint directory itself."""
+    path = Path(path)
+    inner = path / CHECKPOINT_DIRNAME
+    if inner.is_dir() or _old(inner).is_dir():
+        return inner
+    return path
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path | None:
+    """The directory to read: ``checkpoint``, else ``checkpoint.old`` (crash between renames), else None.
+
+    ``path`` is a run directory or a checkpoint directory. Never modifies anything.
+    """
+    path = _resolve(path)
+    if path.is_dir() and ((path / MODEL_FILE).exists() or (path / CONFIG_FILE).exists()):
+        return path
+    if _old(path).is_dir():
+        return _old(path)
+    return None
+
+
+def recover_checkpoint(path: str | os.PathLike) -> Path | None:
+    """Repair what a killed writer left (only the writing process should call this).
+
+    killed between the renames -> ``checkpoint.old`` renamed back to ``checkpoint``;
+    killed before removing the old one -> ``checkpoint.old`` removed;
+    killed while writing -> ``checkpoint.tmp-*`` removed. Returns the checkpoint dir or None.
+    """
+    path = _resolve(path)
+    old = _old(path)
+    if not path.exists() and old.is_dir():
+        _rename(old, path)
+        _fsync_dir(path.parent)
+    elif path.exists() and old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    if path.parent.is_dir():
+        for tmp in path.parent.glob(path.name + ".tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path if path.is_dir() else None
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model_state: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    ema_state: Mapping[str, torch.Tensor] | None = None,
+    train_state: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically (see the module docstring) and return its path.
+
+    ``config`` must be JSON-serialisable; ``format``/``version`` keys are added. An ``OSError``
+    while writing (full disk, no permission) becomes a :class:`CheckpointError` and leaves
+    the previous checkpoint untouched.
+    """
+    path = Path(path)
+    model_cpu = _cpu_tensors(model_state, "model_state")
+    ema_cpu = _cpu_tensors(ema_state, "ema_state") if ema_state is not None else None
+    cfg = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **dict(config)}
+    try:
+        cfg_text = json.dumps(cfg, indent=2, sort_keys=False, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint config is not JSON-serialisable: {e}") from None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recover_checkpoint(path)
+        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot write checkpoint ({_first_line(e)})") from None
+    try:
+        os.chmod(tmp, 0o755)
+        with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
+            f.write(cfg_text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _st_save_file(model_cpu, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        _fsync_file(tmp / MODEL_FILE)
+        if ema_cpu is not None:
+            _st_save_file(ema_cpu, str(tmp / EMA_FILE), metadata={"format": "pt"})
+            _fsync_file(tmp / EMA_FILE)
+        if train_state is not None:
+            with open(tmp / STATE_FILE, "wb") as f:
+                torch.save(dict(train_state), f)
+                f.flush()
+                os.fsync(f.fileno())
+        _fsync_dir(tmp)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            kept = " (the previous checkpoint is intact)" if path.exists() else ""
+            raise CheckpointError(f"{path}: cannot write checkpoint ({_first_line(e)}){kept}") from None
+        raise
+    old = _old(path)
+    if path.exists():
+        _rename(path, old)
+    _rename(tmp, path)
+    _fsync_dir(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", train_state: bool = True) -> Checkpoint:
+    """Read a checkpoint (a run directory or a checkpoint directory); never runs pickled code.
+
+    ``ema`` is None when ``ema.safetensors`` is absent; ``train_state`` is None when not asked
+    for or absent. Raises :class:`CheckpointError` naming the file for anything unreadable.
+    """
+    found = find_checkpoint(path)
+    if found is None:
+        p = _resolve(path)
+        raise CheckpointError(f"{p}: no checkpoint found (nor {_old(p).name} beside it)")
+    config = read_json(found / CONFIG_FILE)
+    if config.get("format") == RUN_FORMAT:
+        raise CheckpointError(f"{found / CONFIG_FILE}: this is a run's config; the run has no checkpoint yet ({found / CHECKPOINT_DIRNAME} does not exist)")
+    if config.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{found / CONFIG_FILE}: not an fm-train checkpoint config (format={config.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
+    version = config.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > CHECKPOINT_VERSION or version < 1:
+        raise CheckpointError(f"{found / CONFIG_FILE}: unsupported checkpoint version {version!r} (this fm-train reads 1..{CHECKPOINT_VERSION})")
+    step = config.get("step", 0)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{found / CONFIG_FILE}: 'step' must be an integer >= 0, found {step!r}")
+    model = _read_safetensors(found / MODEL_FILE)
+    ema = _read_safetensors(found / EMA_FILE) if (found / EMA_FILE).exists() else None
+    state = None
+    if train_state and (found / STATE_FILE).exists():
+        state = _read_torch(found / STATE_FILE, map_location=map_location)
+    return Checkpoint(path=found, config=config, model=model, ema=ema, train_state=state)
+
+
+# ----------------------------------------------------------------------------- fitting weights to a model
+
+
+def _names(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], file: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` if ``found`` lacks, adds or mis-shapes tensors of ``expected``."""
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    shapes = [
+        f"{k} {list(found[k].shape)} in the file vs {list(expected[k].shape)} in the model"
+        for k in expected
+        if k in found and tuple(found[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {_names(missing)}")
+    if extra:
+        problems.append(f"unexpected tensors: {_names(extra)}")
+    if shapes:
+        problems.append(f"wrong shapes: {_names(shapes, 3)}")
+    if problems:
+        raise CheckpointError(f"{file}: does not fit the model ({'; '.join(problems)})")
+
+
+def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], file: str | os.PathLike) -> None:
+    """Check names and shapes (one-line :class:`CheckpointError`), then ``module.load_state_dict``."""
+    check_state_dict(module.state_dict(), state, file)
+    module.load_state_dict(dict(state))
+
+
+def load_model_for_sampling(
+    run_dir: str | os.PathLike,
+    build_fn: Callable[[dict[str, Any]], nn.Module],
+    *,
+    device: str | torch.device = "cpu",
+    use_ema: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model for sampling: ``(model with EMA weights in eval mode, config)``.
+
+    ``build_fn(config)`` receives the checkpoint's config.json (``config["train"]`` holds the
+    TrainConfig, the other keys are the app's ``extra_config``) and returns an ``nn.Module``.
+    An error of ``build_fn`` on that config is reported as a :class:`CheckpointError` naming
+    config.json. ``device`` is a ``torch.device`` or string (resolve "auto" with resolve_device).
+    """
+    ckpt = load_checkpoint(run_dir, train_state=False)
+    cfg_file = ckpt.path / CONFIG_FILE
+    try:
+        model = build_fn(ckpt.config)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{cfg_file}: cannot build the model from this config ({type(e).__name__}: {_first_line(e)})") from None
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"build_fn must return an nn.Module, got {type(model).__name__}")
+    if use_ema:
+        if ckpt.ema is None:
+            raise CheckpointError(f"{ckpt.path / EMA_FILE}: missing file (pass use_ema=False to sample with the trained weights)")
+        load_weights(model, ckpt.ema, ckpt.path / EMA_FILE)
+    else:
+        load_weights(model, ckpt.model, ckpt.path / MODEL_FILE)
+    return model.to(device).eval(), ckpt.config

@@ -1,0 +1,525 @@
+"""The training loop shared by the apps: AdamW, warmup + constant/cosine lr, gradient clipping,
+EMA, a step or minutes budget, progress bar, atomic checkpoints, exact resume and a NaN guard.
+
+The loop is model- and loss-agnostic. The app supplies three callables::
+
+    batch_fn(step, generator) -> batch           # draws batch number `step` (1-based)
+    loss_fn(model, batch, generator) -> loss     # a 0-d tensor; t=0 noise, t=1 data is the
+                                                 # app's business (fm_core.FlowMatchingLoss)
+    sample_fn(ema_model, step, run_dir) -> None  # pictures; under no_grad, RNG-isolated
+
+``generator`` is a ``torch.Generator`` on the training device owned by the Trainer: all the
+randomness of a step should come from it (or from the global RNGs, which are saved too), so
+that ``train(resume=True)`` after a crash continues exactly as an uninterrupted run would
+(bit-for-bit on CPU; on CUDA only with deterministic kernels, ``torch.use_deterministic_algorithms``).
+
+Host-device syncs happen only every ``log_every`` steps (and before checkpoints/samples):
+per-step losses stay on the device and are checked for NaN/inf in one go, so the step
+that diverged is still named exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import (
+    CHECKPOINT_DIRNAME,
+    CONFIG_FILE,
+    EMA_FILE,
+    MODEL_FILE,
+    RUN_FORMAT,
+    STATE_FILE,
+    CheckpointError,
+    atomic_write_text,
+    find_checkpoint,
+    load_checkpoint,
+    load_weights,
+    recover_checkpoint,
+    save_checkpoint,
+)
+from .config import RESUME_MUST_MATCH, TrainConfig
+from .devices import autocast, maybe_compile, resolve_device
+from .ema import EMA
+from .history import HISTORY_FILENAME, LossHistory
+from .rng import capture_rng_state, restore_rng_state, seed_everything
+from .schedule import decay_progress, lr_at
+
+__all__ = ["Trainer", "TrainResult", "TrainingDivergedError"]
+
+log = logging.getLogger("fm_train")
+
+BatchFn = Callable[[int, torch.Generator], Any]
+LossFn = Callable[[nn.Module, Any, torch.Generator], torch.Tensor]
+SampleFn = Callable[[nn.Module, int, Path], None]
+
+_RESERVED_KEYS = ("format", "version", "step", "train")
+_STATE_VERSION = 1
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss (or the weights) became NaN/inf at ``step``; the last good checkpoint is kept."""
+
+    def __init__(self, step: int, what: str, checkpoint: Path | None, checkpoint_step: int | None):
+        self.step = step
+        self.checkpoint = checkpoint
+        self.checkpoint_step = checkpoint_step
+        if checkpoint is not None:
+            kept = f"the last good checkpoint (step {checkpoint_step}) is kept at {checkpoint}"
+        else:
+            kept = "no checkpoint had been written yet"
+        super().__init__(f"training diverged at step {step}: {what}; {kept}")
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.train` did.
+
+    steps           optimizer steps of the run so far (across resumes)
+    steps_this_call steps taken by this call
+    seconds         wall time of this call's loop
+    final_loss      mean loss over the last logged interval (None if no step was taken)
+    history_path    RUN/loss.csv;  checkpoint_path: RUN/checkpoint (None if none written)
+    stopped_by      "steps" or "minutes"
+    """
+
+    steps: int
+    steps_this_call: int
+    seconds: float
+    final_loss: float | None
+    history_path: Path
+    checkpoint_path: Path | None
+    stopped_by: str
+
+
+def _dist_info() -> tuple[int, int]:
+    """(rank, world_size) of the default process group, (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _json_normalise(obj: Any, what: str) -> Any:
+    try:
+        return json.loads(json.dumps(obj, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} must be JSON-serialisable: {e}") from None
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two JSON-like values differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in list(a) + [k for k in b if k not in a]:
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in a:
+                out.append(f"{key} absent in the checkpoint but {b[k]!r} now")
+            elif k not in b:
+                out.append(f"{key}={a[k]!r} in the checkpoint but absent now")
+            else:
+                out.extend(_diff(a[k], b[k], key))
+        return out
+    return [] if a == b else [f"{prefix}={a!r} in the checkpoint but {b!r} now"]
+
+
+class Trainer:
+    """Train ``model`` with ``loss_fn`` on batches from ``batch_fn``; write everything into ``run_dir``.
+
+    Files in ``run_dir`` (written by rank 0 only)::
+
+        config.json    {"format": "fm-train-run", "train": TrainConfig fields, **extra_config}
+        checkpoint/    the latest checkpoint (see fm_train.checkpoint), atomically replaced
+        loss.csv       step,loss,lr,elapsed_s  (one row per log interval; at checkpoints and at the end)
+
+    The model is moved to the configured device; the EMA copy lives in ``trainer.ema.module``.
+    ``extra_config`` (JSON-safe dict, e.g. the net's ``.config`` and the data set) is stored in
+    config.json and in every checkpoint, must match on resume, and is what
+    :func:`load_model_for_sampling` hands to your ``build_fn``.
+
+    Budgets: ``steps`` counts optimizer steps of the whole run; ``minutes`` counts training
+    time of the whole run, summed across resumes from the time saved in the checkpoint (the
+    time between the last checkpoint and a crash is lost and trained again). The minutes
+    include periodic checkpoints and sample grids; start-up and the final checkpoint/samples
+    are outside it. Resuming a run that has used its budget trains no further step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        batch_fn: BatchFn,
+        config: TrainConfig,
+        run_dir: str | Path,
+        sample_fn: SampleFn | None = None,
+        extra_config: dict[str, Any] | None = None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        for name, fn in (("loss_fn", loss_fn), ("batch_fn", batch_fn)):
+            if not callable(fn):
+                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+        if sample_fn is not None and not callable(sample_fn):
+            raise TypeError(f"sample_fn must be callable or None, got {type(sample_fn).__name__}")
+        extra = _json_normalise(extra_config or {}, "extra_config")
+        if not isinstance(extra, dict):
+            raise ValueError(f"extra_config must be a dict, got {type(extra_config).__name__}")
+        clash = [k for k in extra if k in _RESERVED_KEYS]
+        if clash:
+            raise ValueError(f"extra_config may not use the reserved key(s) {', '.join(clash)} (reserved: {', '.join(_RESERVED_KEYS)})")
+        config.validate()
+
+        self.config = config
+        self.extra_config: dict[str, Any] = extra
+        self.loss_fn, self.batch_fn, self.sample_fn = loss_fn, batch_fn, sample_fn
+        self.run_dir = Path(run_dir)
+        self.checkpoint_dir = self.run_dir / CHECKPOINT_DIRNAME
+        self.history_path = self.run_dir / HISTORY_FILENAME
+
+        # Distributed seam (issue 7): rank 0 writes files, all ranks train.
+        self.rank, self.world_size = _dist_info()
+        if self.world_size > 1:
+            raise NotImplementedError("fm-train 0.1 trains in one process; DistributedDataParallel support is planned (torchrun)")
+        self.is_main = self.rank == 0
+
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.ema = EMA(self.model, decay=config.ema_decay, warmup=config.ema_warmup)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        self._params = params
+        opt_kw: dict[str, Any] = {"fused": True} if self.device.type == "cuda" else {}
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, **opt_kw)
+        self.generator = self._make_generator()
+        self._train_model = self._wrap_for_training(self.model)
+
+        self.step = 0
+        self.elapsed = 0.0  # training seconds of the run, across resumes
+        self.history = LossHistory()
+        self._ckpt_step: int | None = None  # step of the checkpoint on disk (None: none)
+        self._pending: list[torch.Tensor] = []  # per-step losses not yet synced to the host
+        self._pending_first = 1
+        self._interval_sum = 0.0
+        self._interval_n = 0
+        self._last_loss: float | None = None
+        self._lr = config.lr
+
+    # ------------------------------------------------------------------ set-up helpers
+
+    def _make_generator(self) -> torch.Generator:
+        try:
+            return torch.Generator(device=self.device)
+        except RuntimeError:  # a backend without device generators
+            return torch.Generator()
+
+    def _wrap_for_training(self, model: nn.Module) -> nn.Module:
+        """The module handed to ``loss_fn``: compiled if asked (and, later, DDP-wrapped)."""
+        return maybe_compile(model, self.config.compile)
+
+    def _run_config(self, fmt: str, step: int | None = None) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"format": fmt, "version": 1}
+        if step is not None:
+            cfg["step"] = step
+        cfg["train"] = self.config.to_dict()
+        cfg.update(self.extra_config)
+        return cfg
+
+    # ------------------------------------------------------------------ learning rate
+
+    def lr_for(self, step: int, elapsed: float | None = None) -> float:
+        """Learning rate of optimizer step ``step`` (1-based); ``elapsed`` seconds for a minutes budget."""
+        cfg = self.config
+        if cfg.steps is not None:
+            p = decay_progress(step, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
+        else:
+            frac = (self.elapsed if elapsed is None else elapsed) / (cfg.minutes * 60.0)
+            p = decay_progress(step, warmup_steps=cfg.warmup_steps, time_fraction=frac)
+        return lr_at(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule=cfg.schedule, progress=p, min_lr_ratio=cfg.min_lr_ratio)
+
+    # ------------------------------------------------------------------ NaN guard
+
+    def _flush(self) -> None:
+        """Sync the pending per-step losses to the host (one sync) and check they are finite."""
+        if not self._pending:
+            return
+        values = torch.stack([v.float() for v in self._pending]).tolist()
+        first = self._pending_first
+        self._pending.clear()
+        self._pending_first = first + len(values)
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                raise self._diverged(first + i, f"the loss is {v}")
+        self._interval_sum += sum(values)
+        self._interval_n += len(values)
+
+    def _check_weights(self) -> None:
+        """One sync: are all weights finite? (a finite loss with an inf gradient gives NaN weights)."""
+        norms = torch._foreach_norm([p.detach() for p in self._params])
+        if not bool(torch.isfinite(torch.stack(norms)).all()):
+            raise self._diverged(self.step, "the weights are no longer finite after the update")
+
+    def _diverged(self, step: int, what: str) -> TrainingDivergedError:
+        if self.is_main and len(self.history):
+            self.history.to_csv(self.history_path)
+        ckpt = self.checkpoint_dir if self._ckpt_step is not None else None
+        return TrainingDivergedError(step, what, ckpt, self._ckpt_step)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _train_state(self) -> dict[str, Any]:
+        return {
+            "format_version": _STATE_VERSION,
+            "step": self.step,
+            "elapsed": float(self.elapsed),
+            "lr": float(self._lr),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": {"num_updates": self.ema.num_updates, "decay": self.ema.decay, "warmup": self.ema.warmup},
+            "generator": self.generator.get_state(),
+            "generator_device": self.generator.device.type,
+            "rng": capture_rng_state(),
+            "history": self.history.state_dict(),
+            "world_size": self.world_size,
+            "torch_version": str(torch.__version__),  # TorchVersion would not load weights_only
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        """Check the weights are finite, then write RUN/checkpoint atomically (rank 0) and loss.csv."""
+        self._flush()
+        self._check_weights()
+        if not self.is_main:
+            return None
+        save_checkpoint(
+            self.checkpoint_dir,
+            model_state=self.model.state_dict(),
+            ema_state=self.ema.module.state_dict(),
+            train_state=self._train_state(),
+            config=self._run_config("fm-train-checkpoint", step=self.step),
+        )
+        self._ckpt_step = self.step
+        self.history.to_csv(self.history_path)
+        return self.checkpoint_dir
+
+    def _check_resume_config(self, config: dict[str, Any], file: Path) -> None:
+        try:
+            saved = TrainConfig.from_dict(config.get("train"))
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{file}: bad 'train' section ({e})") from None
+        diffs = [
+            f"train.{name}={getattr(saved, name)!r} in the checkpoint but {getattr(self.config, name)!r} now"
+            for name in RESUME_MUST_MATCH
+            if getattr(saved, name) != getattr(self.config, name)
+        ]
+        saved_extra = {k: v for k, v in config.items() if k not in _RESERVED_KEYS}
+        diffs += _diff(saved_extra, self.extra_config)
+        if diffs:
+            more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
+            raise CheckpointError(f"{file}: config mismatch, cannot resume: {'; '.join(diffs[:3])}{more}")
+
+    def _resume(self) -> None:
+        if self.is_main:
+            recover_checkpoint(self.checkpoint_dir)
+        ckpt = load_checkpoint(self.checkpoint_dir, map_location="cpu")
+        d = ckpt.path
+        self._check_resume_config(ckpt.config, d / CONFIG_FILE)
+        if ckpt.ema is None:
+            raise CheckpointError(f"{d / EMA_FILE}: missing file (needed to resume)")
+        if ckpt.train_state is None:
+            raise CheckpointError(f"{d / STATE_FILE}: missing file (needed to resume)")
+        load_weights(self.model, ckpt.model, d / MODEL_FILE)
+        load_weights(self.ema.module, ckpt.ema, d / EMA_FILE)
+        ts, sf = ckpt.train_state, d / STATE_FILE
+        try:
+            if ts.get("format_version") != _STATE_VERSION:
+                raise ValueError(f"unsupported format_version {ts.get('format_version')!r}")
+            step, elapsed = ts["step"], float(ts["elapsed"])
+            if step != ckpt.step:
+                raise ValueError(f"step {step} differs from config.json's step {ckpt.step}")
+            history = LossHistory.from_state_dict(ts["history"])
+            self.optimizer.load_state_dict(ts["optimizer"])
+            self.ema.num_updates = int(ts["ema"]["num_updates"])
+            if ts["generator_device"] == self.generator.device.type:
+                self.generator.set_state(ts["generator"])
+            else:
+                warnings.warn(
+                    f"resuming a run trained on {ts['generator_device']} on {self.generator.device.type}: "
+                    "the batch/noise generator is re-seeded from (seed, step), so the result is not "
+                    "bit-identical to an uninterrupted run",
+                    stacklevel=3,
+                )
+                self.generator.manual_seed(self.config.seed * 1_000_003 + step)
+            restore_rng_state(ts["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"{sf}: does not fit this run ({type(e).__name__}: {e})") from None
+        self.step, self.elapsed, self.history = int(step), elapsed, history
+        self._ckpt_step = self.step
+        self._lr = float(ts.get("lr", self.config.lr))
+
+    # ------------------------------------------------------------------ sampling
+
+    def _sample(self) -> None:
+        if self.sample_fn is None or not self.is_main:
+            return
+        self._flush()
+        self._check_weights()
+        # Sampling must not consume training randomness: resume exactness then holds
+        # whatever sample_every is, and wherever the checkpoints fall.
+        rng = capture_rng_state()
+        gen_state = self.generator.get_state()
+        try:
+            with torch.no_grad():
+                self.sample_fn(self.ema.module, self.step, self.run_dir)
+        finally:
+            restore_rng_state(rng)
+            self.generator.set_state(gen_state)
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self, resume: bool = False) -> TrainResult:
+        """Run until the budget is used up; see the class docstring. ``resume=True`` continues the
+        run in ``run_dir`` from its checkpoint (or starts fresh when it has none yet)."""
+        cfg = self.config
+        existing = find_checkpoint(self.checkpoint_dir)
+        if resume and existing is not None:
+            self._resume()
+            log.info("resumed %s at step %d (%.1f s trained)", self.checkpoint_dir, self.step, self.elapsed)
+        else:
+            if existing is not None:
+                raise ValueError(
+                    f"{self.run_dir} already holds a checkpoint ({existing}); pass resume=True to continue it, "
+                    "or choose another run directory"
+                )
+            seed_everything(cfg.seed)
+            self.generator.manual_seed(cfg.seed)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(self._run_config(RUN_FORMAT), indent=2) + "\n")
+
+        budget_s = cfg.minutes * 60.0 if cfg.minutes is not None else None
+        total_steps = cfg.steps
+        start_step, base_elapsed = self.step, self.elapsed
+        log_every, ckpt_every, sample_every = cfg.log_every, cfg.ckpt_every, cfg.sample_every
+        ckpt_s = cfg.ckpt_minutes * 60.0 if cfg.ckpt_minutes is not None else None
+        model, gen, opt, params = self._train_model, self.generator, self.optimizer, self._params
+        grad_clip = cfg.grad_clip
+        amp = autocast(self.device, cfg.bf16)
+        self._pending.clear()
+        self._pending_first = self.step + 1
+        self._interval_sum, self._interval_n = 0.0, 0
+
+        bar = self._progress_bar(budget_s, base_elapsed)
+        t0 = time.perf_counter()
+        t_ckpt = t_bar = t_log = t0
+        step_log = self.step
+        model.train()
+        try:
+            while True:
+                now = time.perf_counter()
+                elapsed = base_elapsed + (now - t0)
+                if total_steps is not None:
+                    if self.step >= total_steps:
+                        break
+                elif elapsed >= budget_s:
+                    break
+                s = self.step + 1
+                lr = self.lr_for(s, elapsed)
+                if lr != self._lr:
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    self._lr = lr
+
+                batch = self.batch_fn(s, gen)
+                with amp:
+                    loss = self.loss_fn(model, batch, gen)
+                if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+                    shape = list(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+                    raise ValueError(f"loss_fn must return a 0-d tensor, got {shape}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                opt.step()
+                self.ema.update(self.model)
+                self._pending.append(loss.detach())  # no sync: checked at the next flush
+                self.step = s
+                self.elapsed = base_elapsed + (time.perf_counter() - t0)
+
+                if s % log_every == 0:
+                    self._flush()
+                    t_now = time.perf_counter()
+                    self._log_row(bar, steps_per_s=(s - step_log) / max(t_now - t_log, 1e-9))
+                    t_log, step_log = t_now, s
+                if (ckpt_every is not None and s % ckpt_every == 0) or (ckpt_s is not None and time.perf_counter() - t_ckpt >= ckpt_s):
+                    self.save_checkpoint()
+                    t_ckpt = time.perf_counter()
+                if sample_every is not None and s % sample_every == 0:
+                    self._sample()
+                if bar is not None and time.perf_counter() - t_bar >= 0.5:
+                    self._advance_bar(bar, budget_s)
+                    t_bar = time.perf_counter()
+
+            # End of the budget: last partial interval, final checkpoint, final samples.
+            self._flush()
+            if self._interval_n:
+                self._log_row(bar, steps_per_s=(self.step - step_log) / max(time.perf_counter() - t_log, 1e-9))
+            if self.step > 0 and self._ckpt_step != self.step:
+                self.save_checkpoint()
+            elif self.is_main and len(self.history):
+                self.history.to_csv(self.history_path)
+            if bar is not None:
+                self._advance_bar(bar, budget_s)
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - t0
+        if self.step > 0:
+            self._sample()
+        if self._last_loss is None and self.history.loss:
+            self._last_loss = self.history.loss[-1]
+        return TrainResult(
+            steps=self.step,
+            steps_this_call=self.step - start_step,
+            seconds=seconds,
+            final_loss=self._last_loss,
+            history_path=self.history_path,
+            checkpoint_path=self.checkpoint_dir if self._ckpt_step is not None else None,
+            stopped_by=cfg.budget,
+        )
+
+    # ------------------------------------------------------------------ progress and logging
+
+    def _progress_bar(self, budget_s: float | None, base_elapsed: float):
+        if not (self.config.progress and self.is_main):
+            return None
+        if budget_s is None:
+            return tqdm(total=self.config.steps, initial=self.step, unit="step", desc="train", dynamic_ncols=True, mininterval=0.5)
+        fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
+        return tqdm(total=budget_s, initial=min(base_elapsed, budget_s), desc="train", bar_format=fmt, dynamic_ncols=True, mininterval=0.5)
+
+    def _advance_bar(self, bar, budget_s: float | None) -> None:
+        target = self.step if budget_s is None else min(self.elapsed, budget_s)
+        if target > bar.n:
+            bar.update(target - bar.n)
+
+    def _log_row(self, bar, steps_per_s: float) -> None:
+        mean = self._interval_sum / max(self._interval_n, 1)
+        self._interval_sum, self._interval_n = 0.0, 0
+        self._last_loss = mean
+        self.history.append(self.step, mean, self._lr, self.elapsed)
+        log.info("step %d loss %.5g lr %.3g %.1f steps/s", self.step, mean, self._lr, steps_per_s)
+        if bar is not None:
+            post = {"loss": f"{mean:.4g}", "lr": f"{self._lr:.2e}"}
+            if self.config.minutes is not None:
+                post = {"step": self.step, "it/s": f"{steps_per_s:.1f}", **post}
+            bar.set_postfix(post, refresh=False)
