@@ -11,6 +11,11 @@ from torch import nn
 from fm_nets import MLPVelocity, build_net
 
 
+def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:
+    # (torch.testing.assert_close imports torch.distributed on first use: tens of seconds on a busy CPU)
+    assert a.shape == b.shape and torch.allclose(a, b, rtol=tol, atol=tol), float((a - b).abs().max())
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
@@ -28,7 +33,7 @@ def test_shapes_on_vectors_and_images(kw):
     assert out.shape == img.shape
     # flattening is per sample: the image result equals the net applied to flat rows
     t3 = torch.rand(3)
-    torch.testing.assert_close(img_net(img, t3).reshape(3, 16), img_net(img.reshape(3, 16), t3))
+    assert_close(img_net(img, t3).reshape(3, 16), img_net(img.reshape(3, 16), t3))
     with pytest.raises(ValueError, match="16 features"):
         img_net(torch.randn(3, 1, 4, 5), t3)
 
@@ -37,8 +42,8 @@ def test_output_depends_on_t_and_scalar_t_broadcasts():
     net = MLPVelocity(2, hidden=32, depth=2)
     x = torch.randn(4, 2)
     full = net(x, torch.full((4,), 0.3))
-    torch.testing.assert_close(net(x, 0.3), full)
-    torch.testing.assert_close(net(x, torch.tensor(0.3)), full)
+    assert_close(net(x, 0.3), full)
+    assert_close(net(x, torch.tensor(0.3)), full)
     assert not torch.allclose(net(x, 0.0), net(x, 1.0), atol=1e-3)
     with pytest.raises(ValueError, match=r"shape \[4\]"):
         net(x, torch.rand(3))
@@ -49,7 +54,7 @@ def test_each_sample_sees_its_own_t_and_y():
     x, t, y = torch.randn(6, 2), torch.rand(6), torch.tensor([0, 1, 2, 3, 0, 1])
     batched = net(x, t, y)
     one_by_one = torch.cat([net(x[i : i + 1], t[i : i + 1], y[i : i + 1]) for i in range(6)])
-    torch.testing.assert_close(batched, one_by_one)
+    assert_close(batched, one_by_one)
 
 
 def test_conditioning_null_class_and_bad_labels():
@@ -58,7 +63,7 @@ def test_conditioning_null_class_and_bad_labels():
     v0 = net(x, t, torch.zeros(8, dtype=torch.long))
     v1 = net(x, t, torch.ones(8, dtype=torch.long))
     assert (v0 - v1).abs().max() > 1e-3, "labels must change the output"
-    torch.testing.assert_close(net(x, t, None), net(x, t, torch.full((8,), 5)))  # None == null class 5
+    assert_close(net(x, t, None), net(x, t, torch.full((8,), 5)))  # None == null class 5
     for bad in (6, -1):
         with pytest.raises(ValueError, match=r"\[0, 5\]"):
             net(x, t, torch.full((8,), bad))
@@ -73,7 +78,7 @@ def test_config_round_trips_through_build_net_and_json():
         clone.load_state_dict(net.state_dict())  # same architecture: every key and shape matches
         x, t = torch.randn(4, net.dim), torch.rand(4)
         y = torch.tensor([0, 1, 2, 3])
-        torch.testing.assert_close(clone(x, t, y), net(x, t, y))
+        assert_close(clone(x, t, y), net(x, t, y))
         assert clone.config == net.config
 
 
@@ -97,7 +102,7 @@ def test_post_recipe_layout_and_parameter_count():
     lin1, lin2 = net.time_embed.mlp[0], net.time_embed.mlp[2]
     t = torch.tensor([0.0, 0.37, 1.0])
     by_hand = torch.relu(t[:, None] * lin1.weight[:, 0] + lin1.bias) @ lin2.weight.T + lin2.bias
-    torch.testing.assert_close(net.time_embed(t), by_hand)
+    assert_close(net.time_embed(t), by_hand)
 
 
 def test_default_time_embedding_varies_over_unit_interval():

@@ -331,8 +331,6 @@ def cmd_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
 
 
 def cmd_eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    import json
-
     from .evaluation import evaluate, headline, update_metrics
 
     kind, cfg = _run_info(parser, args.run)
@@ -356,7 +354,6 @@ def cmd_eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         gap = f", entropy {n['entropy']:.3f}, gap {n['gap']:+.3f}" if n.get("entropy") is not None else ""
         print(f"fm-toy2d: NLL {n['mean']:.3f} +- {n['stderr']:.3f} nats on {n['n']} held-out points{gap}")
     print(f"fm-toy2d: wrote {path}")
-    del json
     return 0
 
 

@@ -16,6 +16,7 @@ and merges "quality_vs_nfe" and "reversibility" into RUN/metrics.json.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +51,14 @@ def _quality_axis(cfg: RunConfig) -> tuple[str | None, str, float | None]:
     return None, "", None
 
 
-def write_pictures(run: FlowRun, *, n: int = 20000, fast: bool = False) -> list[Path]:
+def write_pictures(run: FlowRun, *, n: int = 20000, fast: bool | None = None) -> list[Path]:
     """Compute and draw every picture of the run; returns the files written.
 
-    ``fast`` uses fewer points and frames (for tests and tiny runs).
+    ``fast`` uses fewer points and frames (for tests); by default it is on when the environment
+    variable ``FM_TOY2D_FAST=1`` is set.
     """
+    if fast is None:
+        fast = os.environ.get("FM_TOY2D_FAST", "") == "1"
     cfg, d = run.config, run.run_dir
     written: list[Path] = []
     n = min(n, 4000) if fast else n

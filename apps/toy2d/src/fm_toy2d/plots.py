@@ -281,7 +281,7 @@ def plot_reversibility(path: Path, x: Any, z: Any, x_rec: Any, extent: Extent, m
     m = metrics
     fig.suptitle(
         f"reversibility ({m['solver']}, {m['nfe_encode']} NFE each way): reconstruction error mean "
-        f"{m['reconstruction_error_mean']:.1e}, max {m['reconstruction_error_max']:.1e}; codes: mean "
+        f"{m['reconstruction_error_mean']:.1e}, max {m['reconstruction_error_max']:.1e}\ncodes: mean "
         f"[{', '.join(f'{v:+.2f}' for v in m['code_mean'][:2])}], max |cov - I| {m['code_cov_error']:.2f}, "
         f"energy distance to N(0, I) {m['code_energy_distance']:.4f} (floor {m['gaussian_energy_distance_floor']:.4f})",
         fontsize=10,

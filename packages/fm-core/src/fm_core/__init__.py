@@ -32,6 +32,8 @@ from .schedulers import (
     VPScheduler,
     get_scheduler,
 )
+from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
+from .solvers import ADAPTIVE_METHODS, FIXED_METHODS, ODESolution, nfe_to_steps, solve_ode
 from .time_samplers import (
     TIME_SAMPLERS,
     LogitNormalTime,
@@ -57,4 +59,7 @@ __all__ = [
     "COUPLINGS", "get_coupling", "transport_cost", "squared_distances", "sinkhorn_plan",
     # loss, guidance, closed-form velocities
     "FlowMatchingLoss", "CFGVelocity", "EmpiricalMarginalVelocity", "gaussian_marginal_velocity",
+    # ODE solvers and likelihood
+    "ODESolution", "solve_ode", "FIXED_METHODS", "ADAPTIVE_METHODS", "nfe_to_steps",
+    "LikelihoodResult", "log_likelihood", "bits_per_dim",
 ]

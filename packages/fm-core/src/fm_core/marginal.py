@@ -37,6 +37,12 @@ class EmpiricalMarginalVelocity(nn.Module):
     t is clamped to ``t_max`` (default 1 - 1e-4) before evaluating: with sigma_min = 0 the factor
     1 / s_t is infinite at t = 1, and above t_max the field is taken as its value at t_max.
     An ODE integrated to t = 1 then lands within about s_{t_max} * |x0| of a data point.
+    The field is stiff near t = 1 (it pulls x onto the nearest point at rate 1 / s_t): fixed-step
+    methods whose last stage evaluates at t = 1 (heun, rk4) overshoot there, euler and midpoint
+    resolve close points only with small final steps, and the adaptive dopri5 handles it
+    (measured on 16 Gaussian points, 6 seeds: largest distance of a sample to its nearest data
+    point <= 1.4e-3 with dopri5 at about 220 NFE; 5e-3 to 6e-2 with midpoint at 100 NFE;
+    about 4 with rk4 at 100 NFE).
 
     Args:
         data: [N, ...] data points (kept as a buffer; ``.to(device)`` moves them).

@@ -7,23 +7,28 @@ the null class (classifier-free guidance) and ``y=None`` means null. Output: sam
 Layout (Ronneberger et al. 2015; residual blocks with GroupNorm and time conditioning after
 Ho et al. 2020 / Dhariwal & Nichol 2021)::
 
-    stem 3x3 conv -> per level: num_res_blocks x ResBlock (a skip after each), then a 2x2 stride-2
-    conv to the next width -> middle: ResBlock [+ self-attention] ResBlock at the lowest
-    resolution -> per level (reversed): num_res_blocks x ResBlock(concat skip), then a 2x2
-    stride-2 transposed conv up -> GroupNorm, SiLU, 3x3 conv (zero-initialised: v = 0 at start).
+    [pixel unshuffle p x p] -> stem 3x3 conv -> per level: num_res_blocks x ResBlock (a skip after
+    each), then a 2x2 stride-2 conv to the next width -> middle: mid_blocks x ResBlock with
+    self-attention after the first, at the lowest resolution -> per level (reversed):
+    num_res_blocks x ResBlock(concat skip), then a 2x2 stride-2 transposed conv up ->
+    GroupNorm, SiLU, 3x3 conv (zero-initialised: v = 0 at start) -> [pixel shuffle].
 
-Built for a CPU first: the 2x2 stride-2 down/up convolutions change width and resolution at the
-cost of a 1x1 conv per output pixel (a 3x3 conv at 28x28 costs 9x more), and the widths stay
-small; see the package README for the measured speed of candidate shapes.
-Each halving needs even sizes: 28 -> 14 -> 7 works with three levels; four levels need 32x32
-(``fm_data.to_model(..., pad=True)``). Sizes the depth cannot handle raise ValueError, and the
-output always has the input's shape.
+Built for a CPU first. The defaults (patch_size=2, channels=(48, 96), one residual block per
+level, one middle block with attention; 1.0M parameters, 111 MFLOP per 28x28 image) fold 2x2
+pixel patches into channels (as DiT's patch size 2 or Hoogeboom et al. 2023's "simple diffusion"
+do), so the U-Net runs at 14x14 and 7x7 with wide, GEMM-friendly convolutions; the 2x2 stride-2
+down/up convolutions change width and resolution at the cost of a 1x1 conv per output pixel. The
+package README has the measured speed of candidate shapes. Each halving needs even sizes:
+28 -> 14 -> 7 works with patch 2 and two levels (or patch 1 and three levels); deeper nets need
+32x32 (``fm_data.to_model(..., pad=True)``). Sizes the depth cannot handle raise ValueError, and
+the output always has the input's shape.
 
 Example::
 
-    net = UNet(channels=(32, 64), num_classes=10)
+    net = UNet(num_classes=10)                       # defaults: patch 2, widths (48, 96)
     v = net(torch.randn(4, 1, 28, 28), torch.rand(4), torch.tensor([0, 1, 2, 10]))  # 10 = null
     same = build_net("unet", **net.config)
+    big = UNet(channels=(32, 64, 128), patch_size=1, mid_blocks=2)   # a classic 28-14-7 U-Net
 """
 
 from __future__ import annotations
@@ -110,6 +115,8 @@ class UNet(nn.Module):
         conditioning: "scale-shift" (AdaGN) or "additive".
         num_heads: attention heads (channels[-1] must be divisible by it).
         mid_blocks: residual blocks in the middle (attention, if on, sits after the first).
+            Defaults (patch_size=2, channels=(48, 96), mid_blocks=1) were chosen for speed on a
+            2-core CPU; see the README's timing table.
         patch_size: 1, or p > 1 to fold p x p pixel patches into channels first (pixel unshuffle,
             Shi et al. 2016) and unfold them at the end: the U-Net then runs at H/p x W/p, which
             is about p^2 times cheaper; H and W must be divisible by p * 2 ** (len(channels) - 1).
@@ -118,7 +125,7 @@ class UNet(nn.Module):
     def __init__(
         self,
         in_channels: int = 1,
-        channels: Sequence[int] = (32, 64, 128),
+        channels: Sequence[int] = (48, 96),
         num_res_blocks: int = 1,
         attention: bool = True,
         num_classes: int | None = None,
@@ -127,8 +134,8 @@ class UNet(nn.Module):
         emb_dim: int | None = None,
         conditioning: str = "scale-shift",
         num_heads: int = 4,
-        mid_blocks: int = 2,
-        patch_size: int = 1,
+        mid_blocks: int = 1,
+        patch_size: int = 2,
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)

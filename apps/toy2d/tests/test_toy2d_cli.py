@@ -1,0 +1,163 @@
+"""End-to-end tests of the fm-toy2d commands on tiny budgets (tiny nets, a few dozen steps).
+
+Numbers are checked against independent facts (shapes, dtypes, closed-form entropies, the
+geometry of the data sets), never against the app's own earlier output.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fm_toy2d.cli import main
+
+TINY = ["--steps", "30", "--hidden", "16", "--depth", "1", "--batch-size", "128", "--quiet", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def fast_env():
+    old = os.environ.get("FM_TOY2D_FAST")
+    os.environ["FM_TOY2D_FAST"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("FM_TOY2D_FAST", None)
+    else:
+        os.environ["FM_TOY2D_FAST"] = old
+
+
+@pytest.fixture(scope="module")
+def board_run(tmp_path_factory, fast_env):
+    """A tiny 4x4 checkerboard run, with pictures."""
+    run = tmp_path_factory.mktemp("toy2d") / "board"
+    assert main(["train", "--dataset", "checkerboard", "--grid", "4", "--out", str(run), *TINY]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def rings_run(tmp_path_factory, fast_env):
+    """A tiny conditional Olympic-rings run, without pictures."""
+    run = tmp_path_factory.mktemp("toy2d") / "rings"
+    assert main(["train", "--dataset", "olympic-rings", "--conditional", "--no-pictures", "--out", str(run), *TINY]) == 0
+    return run
+
+
+def test_train_writes_run_directory_and_pictures(board_run):
+    cfg = json.loads((board_run / "config.json").read_text())
+    assert cfg["model"] == "fm" and cfg["app"] == "fm-toy2d"
+    assert cfg["toy2d"]["dataset"] == "checkerboard" and cfg["toy2d"]["grid"] == 4 and cfg["toy2d"]["steps"] == 30
+    assert (board_run / "checkpoint" / "ema.safetensors").exists()
+    for name in ("samples.png", "trajectories.png", "velocity.png", "loss.png", "nfe_quality.png", "nfe_grid.png", "reversibility.png"):
+        with Image.open(board_run / name) as im:
+            assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200, name
+    with Image.open(board_run / "velocity.gif") as im:
+        assert im.format == "GIF" and im.n_frames > 5
+    metrics = json.loads((board_run / "metrics.json").read_text())
+    rows = metrics["quality_vs_nfe"]
+    assert {r["solver"] for r in rows} == {"euler", "midpoint", "heun", "rk4"}
+    assert {r["nfe"] for r in rows} >= {4, 8, 16}
+    rev = metrics["reversibility"]
+    assert rev["nfe_encode"] == rev["nfe_decode"] == 200  # rk4, 50 steps, 4 evaluations per step
+    # encode then decode with the same solver on a smooth field: far below the data scale (~2.3)
+    assert rev["reconstruction_error_mean"] < 1e-2
+    assert len(rev["code_mean"]) == 2 and np.asarray(rev["code_cov"]).shape == (2, 2)
+
+
+def test_sample_npz_shapes_and_seeds(board_run, tmp_path):
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--run", str(board_run), "--n", "500", "--solver", "midpoint", "--nfe", "8", "--out", str(out), "--device", "cpu"]) == 0
+    with np.load(out) as f:
+        assert set(f.files) == {"x"}
+        x = f["x"]
+    assert x.dtype == np.float32 and x.shape == (500, 2) and np.isfinite(x).all()
+    # the same seed gives the same samples; another seed other samples
+    out2, out3 = tmp_path / "s2.npz", tmp_path / "s3.npz"
+    main(["sample", "--run", str(board_run), "--n", "500", "--solver", "midpoint", "--nfe", "8", "--out", str(out2), "--device", "cpu"])
+    main(["sample", "--run", str(board_run), "--n", "500", "--solver", "midpoint", "--nfe", "8", "--seed", "3", "--out", str(out3), "--device", "cpu"])
+    assert np.array_equal(np.load(out2)["x"], x)
+    assert not np.allclose(np.load(out3)["x"], x)
+
+
+def test_eval_metrics_keys_and_entropy(board_run):
+    assert main(["eval", "--run", str(board_run), "--n", "2000", "--n-nll", "200", "--device", "cpu"]) == 0
+    m = json.loads((board_run / "metrics.json").read_text())
+    assert m["energy_distance"] >= 0 and m["w2"] >= 0
+    q = m["quality"]
+    assert 0 <= q["in_support"] <= 1 and q["n_filled"] == 8 and q["min_cell_ratio"] >= 0
+    nll = m["nll"]
+    assert nll["method"] == "dopri5" and nll["divergence"] == "exact" and nll["n"] == 200
+    assert nll["entropy"] == pytest.approx(math.log(32), abs=1e-9)  # 8 cells of area 2x2
+    assert nll["gap"] == pytest.approx(nll["mean"] - math.log(32), abs=1e-9)
+    assert math.isfinite(nll["mean"]) and nll["nfe"] > 0
+    assert "quality_vs_nfe" in m and "reversibility" in m  # the training's keys were kept
+
+
+def test_conditional_rings_sample_with_and_without_label(rings_run, tmp_path):
+    out = tmp_path / "r.npz"
+    assert main(["sample", "--run", str(rings_run), "--n", "300", "--label", "3", "--out", str(out), "--device", "cpu"]) == 0
+    with np.load(out) as f:
+        assert set(f.files) == {"x", "y"}
+        assert f["x"].shape == (300, 2) and f["x"].dtype == np.float32
+        assert f["y"].shape == (300,) and np.issubdtype(f["y"].dtype, np.integer) and (f["y"] == 3).all()
+    out = tmp_path / "r2.npz"
+    assert main(["sample", "--run", str(rings_run), "--n", "3000", "--out", str(out), "--device", "cpu"]) == 0
+    y = np.load(out)["y"]
+    counts = np.bincount(y, minlength=5)
+    assert len(counts) == 5 and counts.min() > 3000 / 5 * 0.8  # uniform labels: 600 +- 22 each
+
+
+def test_conditional_rings_eval(rings_run):
+    assert main(["eval", "--run", str(rings_run), "--n", "1000", "--no-nll", "--device", "cpu"]) == 0
+    m = json.loads((rings_run / "metrics.json").read_text())
+    q = m["quality"]
+    assert q["kind"] == "rings" and len(q["on_own_ring_per_label"]) == 5 and 0 <= q["on_own_ring"] <= 1
+    assert "nll" not in m
+
+
+def _usage_error(capsys, argv, *needles):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["train", "--steps", "-5"], ["--steps", "-5"]),
+        (["train", "--steps", "ten"], ["--steps", "ten"]),
+        (["train", "--dataset", "swissroll"], ["--dataset", "swissroll"]),
+        (["train", "--coupling", "sinkhorn"], ["--coupling", "sinkhorn"]),
+        (["train", "--time", "beta"], ["--time", "beta"]),
+        (["train", "--dataset", "moons", "--grid", "4"], ["--grid 4", "moons"]),
+        (["train", "--batch-size", "1"], ["--batch-size", "1"]),
+        (["train", "--device", "tpu"], ["--device", "tpu"]),
+        (["train", "--steps", "10", "--minutes", "1"], ["--minutes"]),
+        (["sample", "--run", "no/such/run", "--n", "10", "--out", "x.npz"], ["no/such/run", "does not exist"]),
+        (["sample", "--n", "10", "--out", "x.npz"], ["--run"]),
+        (["eval", "--run", "no/such/run"], ["no/such/run"]),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_value(capsys, tmp_path, monkeypatch, argv, needles):
+    monkeypatch.chdir(tmp_path)
+    _usage_error(capsys, argv, *needles)
+
+
+def test_bad_sampler_and_label_arguments(board_run, rings_run, capsys, tmp_path):
+    out = str(tmp_path / "x.npz")
+    _usage_error(capsys, ["sample", "--run", str(board_run), "--n", "10", "--solver", "midpoint", "--nfe", "7", "--out", out], "--nfe 7", "multiple of 2")
+    _usage_error(capsys, ["sample", "--run", str(board_run), "--n", "10", "--solver", "rk4", "--nfe", "6", "--out", out], "--nfe 6")
+    _usage_error(capsys, ["sample", "--run", str(board_run), "--n", "10", "--solver", "leapfrog", "--out", out], "leapfrog")
+    _usage_error(capsys, ["sample", "--run", str(board_run), "--n", "10", "--label", "1", "--out", out], "--label 1", "unconditional")
+    _usage_error(capsys, ["sample", "--run", str(rings_run), "--n", "10", "--label", "5", "--out", out], "--label 5", "0..4")
+    _usage_error(capsys, ["sample", "--run", str(board_run), "--n", "10", "--out", str(tmp_path / "x.txt")], "x.txt", ".npz")
+    _usage_error(capsys, ["sample", "--run", str(board_run), "--n", "0", "--out", out], "--n", "'0'")
+    _usage_error(capsys, ["eval", "--run", str(board_run), "--solver", "dopri5", "--nfe", "8"], "--nfe 8", "dopri5")
+    _usage_error(capsys, ["train", "--out", str(board_run), *TINY], str(board_run), "already holds a run")
+    assert not (tmp_path / "x.npz").exists()
