@@ -63,7 +63,7 @@ def test_flow_logdet_matches_autograd_jacobian(num_classes, randomize):
 @pytest.mark.parametrize("label", [None, 2])
 def test_density_integrates_to_one(label, randomize):
     flow = small_flow(randomize, None if label is None else 3, n_layers=4, seed=5)
-    lim, n = 8.0, 161
+    lim, n = 8.0, 121
     g = torch.linspace(-lim, lim, n, dtype=DTYPE)
     xx, yy = torch.meshgrid(g, g, indexing="ij")
     pts = torch.stack([xx.flatten(), yy.flatten()], dim=1)

@@ -114,6 +114,7 @@ class RunConfig:
     model: str = "fm"
     recipe: str = "default"
     net: dict[str, Any] = field(default_factory=dict)
+    input_scale: float = 1.0
     coupling: str = "ot"
     ot_block: int = 256
     time: str = "logit-normal"
@@ -186,6 +187,9 @@ class RunConfig:
             raise bad("solver", f"one of {', '.join(SOLVERS)}")
         if not is_int(self.nfe) or self.nfe < 1:
             raise bad("nfe", "a positive integer")
+        if not (isinstance(self.input_scale, (int, float)) and not isinstance(self.input_scale, bool)
+                and math.isfinite(self.input_scale) and self.input_scale > 0):
+            raise bad("input_scale", "a positive number")
         if not isinstance(self.net, dict):
             raise bad("net", "a dict of MLPVelocity keyword arguments")
 

@@ -91,9 +91,11 @@ class MLPVelocity(nn.Module):
         activation: str = "silu",
         time_embedding: str = "sinusoidal",
         residual: bool = True,
+        fourier_features: int = 0,
     ) -> None:
         super().__init__()
-        for key, val, low in (("dim", dim, 1), ("hidden", hidden, 1), ("depth", depth, 0), ("time_dim", time_dim, 1)):
+        for key, val, low in (("dim", dim, 1), ("hidden", hidden, 1), ("depth", depth, 0), ("time_dim", time_dim, 1),
+                              ("fourier_features", fourier_features, 0)):
             if isinstance(val, bool) or not isinstance(val, int) or val < low:
                 raise ValueError(f"MLPVelocity {key} must be an int >= {low}, got {val!r}")
         if activation not in ACTIVATIONS:
@@ -107,11 +109,15 @@ class MLPVelocity(nn.Module):
         self._config = dict(
             dim=dim, hidden=hidden, depth=depth, time_dim=time_dim, num_classes=num_classes,
             activation=activation, time_embedding=time_embedding, residual=bool(residual),
+            fourier_features=fourier_features,
         )
         self.dim, self.num_classes, self.residual = dim, num_classes, bool(residual)
         act = ACTIVATIONS[activation]
 
-        self.in_proj = nn.Linear(dim, hidden)
+        # Fourier features of the input coordinates: sin/cos(w_k x) with w_k = (pi/4) 2^k, periods 8, 4, 2, ...
+        freqs = (math.pi / 4) * 2.0 ** torch.arange(fourier_features, dtype=torch.float32)
+        self.register_buffer("x_freqs", freqs, persistent=False)
+        self.in_proj = nn.Linear(dim * (1 + 2 * fourier_features), hidden)
         if time_embedding == "sinusoidal":
             self.time_embed: nn.Module = TimeEmbedding(hidden, freq_dim=time_dim, scale=1000.0)
         else:
@@ -150,7 +156,11 @@ class MLPVelocity(nn.Module):
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.dim:
             raise ValueError(f"x must have shape [B, {self.dim}] or [B, ...] with {self.dim} features, got {tuple(x.shape)}")
         batch = x.shape[0]
-        h = self.in_proj(x.reshape(batch, self.dim))
+        flat = x.reshape(batch, self.dim)
+        if len(self.x_freqs):
+            args = (flat[:, :, None] * self.x_freqs).reshape(batch, -1)
+            flat = torch.cat([flat, torch.sin(args), torch.cos(args)], dim=-1)
+        h = self.in_proj(flat)
         c = self.embed(t, y, batch, h)
         h = self.merge(torch.cat([h, c], dim=-1))
         for block in self.blocks:

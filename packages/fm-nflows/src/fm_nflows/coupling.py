@@ -43,8 +43,8 @@ class ConditionerMLP(nn.Module):
     The last Linear is zero-initialised. No dropout, no normalisation layers.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int = 128, n_hidden: int = 2,
-                 activation: str = "silu") -> None:
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 128, n_hidden: int = 3,
+                 activation: str = "relu") -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
@@ -85,7 +85,7 @@ class AffineCoupling(FlowLayer):
     """
 
     def __init__(self, dim: int, mask: Tensor | Sequence[int | bool] | None = None, *,
-                 hidden: int = 128, n_hidden: int = 2, activation: str = "silu",
+                 hidden: int = 128, n_hidden: int = 3, activation: str = "relu",
                  context_dim: int = 0, scale_bound: float = 3.0) -> None:
         super().__init__()
         if dim < 2:
