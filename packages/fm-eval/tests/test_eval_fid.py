@@ -150,7 +150,7 @@ def test_classifier_accuracy_on_1000_test_images(dataset, test_images):
     acc = label_accuracy(data.images[idx], data.labels[idx], dataset)
     assert acc >= BARS[dataset], acc
     # labels shifted by one class: accuracy collapses, so the score really reads the labels
-    assert label_accuracy(data.images[idx], (data.labels[idx] + 1) % 10, dataset) < 0.1
+    assert label_accuracy(data.images[idx[:200]], (data.labels[idx[:200]] + 1) % 10, dataset) < 0.1
 
 
 @needs_data
@@ -182,14 +182,14 @@ def test_fid_of_a_set_with_itself_is_zero(test_images):
 def test_fid_real_train_small_noise_large(dataset, monkeypatch):
     monkeypatch.setattr(fidmod, "_REF_CACHE", {})
     train = load_images(dataset, "train", DATA)
-    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:2000]
-    real = fid(train.images[idx], dataset, reference="test", n_reference=2000, data_dir=DATA)
-    assert real.n_samples == 2000 and real.n_reference == 2000 and real.reference == "test"
-    noise = torch.randint(0, 256, (2000, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    bad = fid(noise, dataset, reference="test", n_reference=2000, data_dir=DATA)
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:1000]
+    real = fid(train.images[idx], dataset, reference="test", n_reference=1000, data_dir=DATA)
+    assert real.n_samples == 1000 and real.n_reference == 1000 and real.reference == "test"
+    noise = torch.randint(0, 256, (1000, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    bad = fid(noise, dataset, reference="test", n_reference=1000, data_dir=DATA)
     assert len(fidmod._REF_CACHE) == 1  # the reference statistics were computed once
-    assert real.fid < 5.0, real
-    assert bad.fid > 20 * max(real.fid, 1.0), (real, bad)
+    assert real.fid < 5.0, real  # measured about 1.0 for both data sets at 1,000 vs 1,000
+    assert bad.fid > 50 * max(real.fid, 1.0), (real, bad)  # measured 130-200
 
 
 @needs_data

@@ -239,7 +239,9 @@ def train(
     run_dir = Path(run_dir)
     if data is None:
         data = load_images(cfg.dataset, "train", data_dir, classes=cfg.classes)
-    model = build_model(cfg)
+    with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg)
     device = resolve_device(tcfg.device)
     trainer = Trainer(model, make_loss_fn(cfg), make_batch_fn(data, cfg, device), tcfg, run_dir,
                       sample_fn=grid_fn, extra_config=extra_config(cfg, model))

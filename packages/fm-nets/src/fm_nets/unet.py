@@ -105,7 +105,7 @@ class UNet(nn.Module):
     Args:
         in_channels: image channels C (1 for MNIST).
         channels: width per resolution level; len(channels) levels, len - 1 halvings
-            (H and W must be divisible by 2 ** (len(channels) - 1)).
+            (H and W must be divisible by patch_size * 2 ** (len(channels) - 1)).
         num_res_blocks: residual blocks per level on the way down (and as many on the way up).
         attention: self-attention in the middle, at the lowest resolution.
         num_classes: number of classes for class conditioning (label num_classes = null); None = unconditional.
@@ -118,8 +118,8 @@ class UNet(nn.Module):
             Defaults (patch_size=2, channels=(48, 96), mid_blocks=1) were chosen for speed on a
             2-core CPU; see the README's timing table.
         patch_size: 1, or p > 1 to fold p x p pixel patches into channels first (pixel unshuffle,
-            Shi et al. 2016) and unfold them at the end: the U-Net then runs at H/p x W/p, which
-            is about p^2 times cheaper; H and W must be divisible by p * 2 ** (len(channels) - 1).
+            Shi et al. 2016) and unfold them at the end: the U-Net then runs at H/p x W/p, with
+            p^2 fewer positions per convolution.
     """
 
     def __init__(

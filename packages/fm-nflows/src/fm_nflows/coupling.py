@@ -86,7 +86,7 @@ class AffineCoupling(FlowLayer):
 
     def __init__(self, dim: int, mask: Tensor | Sequence[int | bool] | None = None, *,
                  hidden: int = 128, n_hidden: int = 3, activation: str = "relu",
-                 context_dim: int = 0, scale_bound: float = 3.0) -> None:
+                 context_dim: int = 0, scale_bound: float = 2.0) -> None:
         super().__init__()
         if dim < 2:
             raise ValueError(f"a coupling needs dim >= 2, got dim={dim}")

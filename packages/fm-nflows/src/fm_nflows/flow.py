@@ -221,13 +221,15 @@ class Flow(nn.Module):
 
 def build_flow(dim: int = 2, n_layers: int = 10, hidden: int = 128, *, n_hidden: int = 3,
                num_classes: int | None = None, embed_dim: int = 16, mixing: str = "lu",
-               actnorm: bool = True, scale_bound: float = 3.0, activation: str = "relu",
+               actnorm: bool = True, scale_bound: float = 2.0, activation: str = "relu",
                seed: int | None = None) -> Flow:
     """RealNVP/Glow-style flow; defaults suit 2D data.
 
-    The defaults (10 blocks, 3 hidden ReLU layers of 128, LU mixing) were chosen on the
-    class-conditional Olympic rings: ReLU conditioners learned the thin annuli clearly
-    faster than SiLU/GELU/ELU ones at the same budget, and a third hidden layer helped.
+    The defaults (10 blocks, 3 hidden ReLU layers of 128, LU mixing, scale bound 2) were
+    chosen on the class-conditional Olympic rings: ReLU conditioners learned the thin
+    annuli clearly faster than SiLU/GELU/ELU ones at the same budget, a third hidden layer
+    helped, and a bound of 2 instead of 3 kept the same quality while removing the loss
+    spikes (points pushed far into the tails near the noise end of the stack).
 
     Each of the ``n_layers`` blocks is, in the data -> noise direction,
     ``[ActNorm] -> mixing -> AffineCoupling``, with the coupling masks alternating
