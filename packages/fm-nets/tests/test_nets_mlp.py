@@ -86,7 +86,7 @@ def test_post_recipe_layout_and_parameter_count():
     d = 2
     net = MLPVelocity.post_recipe(d)
     assert net.config == dict(dim=2, hidden=512, depth=5, time_dim=128, num_classes=None,
-                              activation="relu", time_embedding="raw", residual=False)
+                              activation="relu", time_embedding="raw", residual=False, fourier_features=0)
     expected = (
         (d * 512 + 512)  # input projection
         + (1 * 128 + 128) + (128 * 512 + 512)  # time MLP 1 -> 128 -> 512
