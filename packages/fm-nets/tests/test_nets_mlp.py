@@ -130,3 +130,18 @@ def test_gradients_reach_every_parameter():
     net = MLPVelocity(2, hidden=32, depth=2, num_classes=3)
     net(torch.randn(16, 2), torch.rand(16), torch.randint(0, 4, (16,))).pow(2).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_fourier_features_of_the_input_by_hand():
+    net = MLPVelocity(2, hidden=16, depth=1, fourier_features=3)
+    seen = {}
+    net.in_proj.register_forward_pre_hook(lambda mod, args: seen.setdefault("x", args[0]))
+    x = torch.tensor([[0.5, -1.0], [2.0, 3.0]])
+    net(x, torch.rand(2))
+    w = torch.tensor([torch.pi / 4, torch.pi / 2, torch.pi])  # periods 8, 4, 2
+    args = torch.stack([x[:, 0] * w[0], x[:, 0] * w[1], x[:, 0] * w[2], x[:, 1] * w[0], x[:, 1] * w[1], x[:, 1] * w[2]], 1)
+    assert_close(seen["x"], torch.cat([x, torch.sin(args), torch.cos(args)], 1))
+    assert "x_freqs" not in net.state_dict()  # rebuilt from the config, not saved
+    clone = build_net("mlp", **net.config)
+    clone.load_state_dict(net.state_dict())
+    assert_close(clone(x, 0.3), net(x, 0.3))
