@@ -21,7 +21,8 @@ from fm_toy2d.training import BlockOTCoupling, build_distribution, build_model
 
 def test_post_recipe_is_the_blog_posts():
     cfg = make_config("checkerboard", "post")
-    assert cfg.net == dict(hidden=512, depth=5, time_dim=128, activation="relu", time_embedding="raw", residual=False)
+    assert cfg.net == dict(hidden=512, depth=5, time_dim=128, activation="relu", time_embedding="raw", residual=False,
+                           fourier_features=0)
     assert (cfg.coupling, cfg.time, cfg.batch_size, cfg.lr, cfg.steps, cfg.solver) == ("independent", "uniform", 256, 1e-3, 2000, "euler")
     assert cfg.schedule == "constant" and cfg.ema_decay == 0.0 and cfg.grad_clip is None
     net = build_model(cfg)

@@ -76,7 +76,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         nfe=8,
     ),
     "post": dict(
-        net=dict(hidden=512, depth=5, time_dim=128, activation="relu", time_embedding="raw", residual=False),
+        net=dict(hidden=512, depth=5, time_dim=128, activation="relu", time_embedding="raw", residual=False,
+                 fourier_features=0),
         coupling="independent",
         ot_block=256,
         time="uniform",

@@ -6,9 +6,13 @@ used for classifier-free guidance and ``y=None`` means "null" for the whole batc
 
 Two configurations of the same class:
 
-* this project's default (``residual=True``): sinusoidal features of 1000 t (fm_nets.embeddings,
-  so the embedding varies over [0, 1]), SiLU, pre-norm residual blocks that each receive the
-  time/label embedding (as DiT/U-Net blocks do), so late layers still know t.
+* this project's default (``residual=True``): Fourier features of the input coordinates
+  (sin/cos of (pi/4) 2^k x, k < 6: periods 8 down to 0.25 in data units; Tancik et al. 2020),
+  sinusoidal features of 1000 t (fm_nets.embeddings, so the embedding varies over [0, 1]), SiLU,
+  pre-norm residual blocks that each receive the time/label embedding (as DiT/U-Net blocks do).
+  Why the input features: fitting the *exact* marginal velocity of the 8x8 checkerboard (no
+  target noise), a 128x3 net reached 57% of midpoint-NFE-8 samples in filled cells after 6,000
+  steps without them and 97% after 4,500 steps with them.
 * ``MLPVelocity.post_recipe(dim)``: the plain net of the blog post "Flow matching for multi-modal
   density estimation and image generation" (L. Pinchbeck, 2025): input projection to 512, a time
   MLP 1 -> 128 -> 512 with ReLU on raw t, concatenation and projection, five Linear(512) + ReLU
@@ -79,6 +83,9 @@ class MLPVelocity(nn.Module):
         residual: True = pre-norm residual blocks that each receive the time/label embedding;
             False = plain Linear + activation blocks with the embedding entering only at the input
             (the blog post's layout).
+        fourier_features: F > 0 appends sin/cos((pi/4) 2^k x_i), k = 0..F-1, to the input
+            (2 F dim extra features; periods 8, 4, 2, ... suit data scaled to about [-4, 4]).
+            Use 0 for high-dimensional inputs such as flattened images.
     """
 
     def __init__(
@@ -91,7 +98,7 @@ class MLPVelocity(nn.Module):
         activation: str = "silu",
         time_embedding: str = "sinusoidal",
         residual: bool = True,
-        fourier_features: int = 0,
+        fourier_features: int = 6,
     ) -> None:
         super().__init__()
         for key, val, low in (("dim", dim, 1), ("hidden", hidden, 1), ("depth", depth, 0), ("time_dim", time_dim, 1),
@@ -140,7 +147,7 @@ class MLPVelocity(nn.Module):
     def post_recipe(cls, dim: int, num_classes: int | None = None) -> MLPVelocity:
         """The blog post's plain net: 512 wide, raw-t time MLP 1 -> 128 -> 512 with ReLU, 5 x (Linear + ReLU)."""
         return cls(dim, hidden=512, depth=5, time_dim=128, num_classes=num_classes,
-                   activation="relu", time_embedding="raw", residual=False)
+                   activation="relu", time_embedding="raw", residual=False, fourier_features=0)
 
     def embed(self, t: Tensor, y: Tensor | None, batch: int, like: Tensor) -> Tensor:
         """Time (+ label) embedding [B, hidden] for t [B] (or scalar) and labels y [B] | None."""
