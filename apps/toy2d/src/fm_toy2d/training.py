@@ -123,9 +123,9 @@ def _wrap(net: nn.Module, cfg: RunConfig) -> nn.Module:
 
 
 def build_loss(cfg: RunConfig) -> FlowMatchingLoss:
-    """Conditional flow-matching loss on the CondOT path with the run's time sampler and coupling."""
+    """Flow-matching loss on the CondOT path with the run's time sampler, coupling and target."""
     coupling = BlockOTCoupling(cfg.ot_block, by_label=cfg.conditional) if cfg.coupling == "ot" else IndependentCoupling()
-    return FlowMatchingLoss(time_sampler=get_time_sampler(cfg.time), coupling=coupling)
+    return FlowMatchingLoss(time_sampler=get_time_sampler(cfg.time), coupling=coupling, target=cfg.target)
 
 
 def train_config(cfg: RunConfig, *, progress: bool = True, sample_every: int | None = None) -> TrainConfig:
