@@ -100,9 +100,10 @@ def test_model_nf_delegates_to_the_nf_module(tmp_path, monkeypatch):
     fake = types.ModuleType("fm_toy2d.nf")
     fake.__spec__ = importlib.machinery.ModuleSpec("fm_toy2d.nf", None)
 
-    def train(cfg, run_dir):
+    def train(cfg, run_dir, progress=True):
         calls["train"] = cfg
-        run_dir.mkdir(parents=True)
+        calls["progress"] = progress
+        (run_dir / "checkpoint").mkdir(parents=True)  # the CLI refuses runs without a checkpoint
         (run_dir / "config.json").write_text(json.dumps({"app": "fm-toy2d", "model": "nf", "toy2d": {k: v for k, v in cfg.items() if k != "user_set"}}))
 
     def sample(run_dir, n, label, seed):
@@ -110,13 +111,14 @@ def test_model_nf_delegates_to_the_nf_module(tmp_path, monkeypatch):
         return torch.zeros(n, 2), torch.full((n,), label)
 
     fake.train, fake.sample = train, sample
-    fake.evaluate = lambda run_dir, n, seed: {"nll": None, "n": n}
+    fake.evaluate = lambda run_dir, n, seed, n_nll, nll: calls.setdefault("evaluate", (n, seed, n_nll, nll)) and {"nll": None}
     fake.pictures = lambda run_dir: calls.setdefault("pictures", []) or []
     monkeypatch.setitem(sys.modules, "fm_toy2d.nf", fake)
 
     run = tmp_path / "nf"
-    assert main(["train", "--model", "nf", "--dataset", "olympic-rings", "--conditional", "--steps", "7", "--out", str(run)]) == 0
+    assert main(["train", "--model", "nf", "--dataset", "olympic-rings", "--conditional", "--steps", "7", "--quiet", "--out", str(run)]) == 0
     cfg = calls["train"]
+    assert calls["progress"] is False  # --quiet
     assert cfg["model"] == "nf" and cfg["dataset"] == "olympic-rings" and cfg["conditional"] and cfg["steps"] == 7
     assert {"conditional", "steps"} <= set(cfg["user_set"]) and "batch_size" not in cfg["user_set"]
     out = tmp_path / "s.npz"
@@ -126,3 +128,17 @@ def test_model_nf_delegates_to_the_nf_module(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exc:  # flows have no ODE solver
         main(["sample", "--run", str(run), "--n", "5", "--nfe", "8", "--out", str(out)])
     assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:  # the CLI checks the label range before delegating
+        main(["sample", "--run", str(run), "--n", "5", "--label", "5", "--out", str(out)])
+    assert exc.value.code == 2 and calls["sample"] == (5, 2, 4)
+    assert main(["eval", "--run", str(run), "--n", "9", "--n-nll", "11", "--no-nll"]) == 0
+    assert calls["evaluate"] == (9, None, 11, False)  # seed None: the backend derives it from the run's
+
+
+def test_model_nf_uses_the_real_backend():
+    from fm_toy2d import nf
+    from fm_toy2d.cli import _nf_module
+
+    assert _nf_module() is nf
+    for name in ("train", "sample", "evaluate", "pictures"):
+        assert callable(getattr(nf, name)), name

@@ -14,17 +14,18 @@ Model-kind seam (normalizing flows, issue 4)
 ``"nf"``. For ``"nf"`` (``train --model nf``) the CLI delegates to the module ``fm_toy2d.nf``,
 which must provide::
 
-    train(cfg: dict, run_dir: Path) -> None
+    train(cfg: dict, run_dir: Path, progress: bool = True) -> ...
         cfg is RunConfig.to_dict() (see fm_toy2d.config) with "model": "nf" plus "user_set":
         the names of the fields the user gave on the command line (apply your own defaults to
         the others; "steps"/"minutes" are None unless given). Must write RUN/config.json with
         "app": "fm-toy2d", "model": "nf" and "toy2d": the RunConfig dict.
     sample(run_dir: Path, n: int, label: int | None, seed: int) -> (x [n, D] float32, y [n] int64 | None)
-    evaluate(run_dir: Path, n: int, seed: int) -> dict     # exact NLL etc., merged into metrics.json
+    evaluate(run_dir: Path, n: int, seed: int, *, n_nll: int, nll: bool) -> dict   # exact NLL etc., merged into metrics.json
     pictures(run_dir: Path) -> list[Path]
 
 ``--solver``/``--nfe`` do not apply to flows (they are exact maps) and are refused for them.
-Until ``fm_toy2d/nf.py`` exists, ``--model nf`` fails with a usage error saying so.
+``--hidden`` is the conditioners' width and ``--depth`` the number of coupling blocks.
+If ``fm_toy2d/nf.py`` cannot be found, ``--model nf`` fails with a usage error saying so.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def _run_info(parser: argparse.ArgumentParser, run: Path) -> tuple[str, Any]:
     except ValueError as e:
         parser.error(f"--run {str(run)!r}: {e}")
     kind = data.get("model", cfg.model)
-    if kind == "fm" and not (run / "checkpoint").exists() and not (run / "checkpoint.old").exists():
+    if not (run / "checkpoint").exists() and not (run / "checkpoint.old").exists():  # fm and nf runs alike (fm-train)
         parser.error(f"--run {str(run)!r} has no checkpoint yet (training has not saved one)")
     return kind, cfg
 
@@ -255,7 +256,7 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if net:
             cfg_dict["net"] = net
         print(f"fm-toy2d: training a normalizing flow on {args.dataset} into {out}", flush=True)
-        nf.train(cfg_dict, out)
+        nf.train(cfg_dict, out, progress=not args.quiet)
         if args.pictures:
             files = nf.pictures(out)
             print("fm-toy2d: pictures:\n  " + "\n  ".join(str(f) for f in files), flush=True)
@@ -300,13 +301,12 @@ def cmd_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         parser.error(f"--out {str(args.out)!r} must end in .npz")
     kind, cfg = _run_info(parser, args.run)
     solver, nfe = _check_sampler(parser, kind, cfg, args.solver, args.nfe)
-    if kind == "fm":
+    if args.label is not None:  # fm and nf runs alike
         classes = _num_classes(cfg)
-        if args.label is not None:
-            if classes is None:
-                parser.error(f"--label {args.label}: the run {str(args.run)!r} is unconditional (train with --conditional)")
-            if args.label >= classes:
-                parser.error(f"--label {args.label} is out of range: the run has classes 0..{classes - 1}")
+        if classes is None:
+            parser.error(f"--label {args.label}: the run {str(args.run)!r} is unconditional (train with --conditional)")
+        if args.label >= classes:
+            parser.error(f"--label {args.label} is out of range: the run has classes 0..{classes - 1}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if kind == "nf":
         nf = _nf_module()
@@ -339,7 +339,7 @@ def cmd_eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         nf = _nf_module()
         if nf is None:
             parser.error(f"--run {str(args.run)!r} is a normalizing-flow run, but " + NF_MISSING.split(": ", 1)[1])
-        metrics = nf.evaluate(args.run, args.n, cfg.seed if args.seed is None else args.seed)
+        metrics = nf.evaluate(args.run, args.n, args.seed, n_nll=args.n_nll, nll=args.nll)
     else:
         from .training import load_run
 
