@@ -135,6 +135,8 @@ def _usage_error(capsys, argv, *needles):
         (["train", "--dataset", "swissroll"], ["--dataset", "swissroll"]),
         (["train", "--coupling", "sinkhorn"], ["--coupling", "sinkhorn"]),
         (["train", "--time", "beta"], ["--time", "beta"]),
+        (["train", "--target", "exact"], ["--target", "exact"]),
+        (["train", "--coupling", "ot", "--target", "batch-marginal"], ["batch-marginal", "independent"]),
         (["train", "--dataset", "moons", "--grid", "4"], ["--grid 4", "moons"]),
         (["train", "--batch-size", "1"], ["--batch-size", "1"]),
         (["train", "--device", "tpu"], ["--device", "tpu"]),

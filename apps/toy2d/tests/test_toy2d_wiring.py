@@ -16,7 +16,7 @@ import torch
 from fm_toy2d.cli import NF_MISSING, main
 from fm_toy2d.config import DEFAULT_STEPS, RunConfig, make_config
 from fm_toy2d.evaluation import heldout_data
-from fm_toy2d.training import BlockOTCoupling, build_distribution, build_model
+from fm_toy2d.training import BlockOTCoupling, build_distribution, build_loss, build_model
 
 
 def test_post_recipe_is_the_blog_posts():
@@ -29,6 +29,16 @@ def test_post_recipe_is_the_blog_posts():
     ref = type(net).post_recipe(2)  # fm-nets' own constructor of the post's net
     assert net.config == ref.config
     assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in ref.parameters())
+
+
+def test_target_follows_the_coupling():
+    assert make_config("checkerboard").target == "batch-marginal"
+    assert make_config("checkerboard", coupling="ot").target == "conditional"  # OT breaks the posterior weights
+    assert make_config("checkerboard", "post").target == "conditional"
+    assert build_loss(make_config("checkerboard")).target == "batch-marginal"
+    old = make_config("checkerboard", coupling="ot").to_dict()
+    del old["target"]  # a run written before the field existed
+    assert RunConfig.from_dict(old).target == "conditional"
 
 
 def test_default_budget_and_overrides():

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: this project's recipe; post: the blog post's (5x512 ReLU, uniform t, Euler, 2,000 steps)")
     t.add_argument("--coupling", choices=("independent", "ot"), default=None, help="noise-data coupling (default: the recipe's)")
     t.add_argument("--time", choices=("uniform", "logit-normal"), default=None, help="training-time distribution (default: the recipe's)")
+    t.add_argument("--target", choices=("conditional", "batch-marginal"), default=None,
+                   help="regression target: the conditional velocity, or its posterior mean over the batch "
+                        "(default: the recipe's; --coupling ot implies conditional)")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: the dataset's budget)")
     budget.add_argument("--minutes", type=_positive_float, default=None, help="a time budget instead of steps")
@@ -240,7 +243,7 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     net = {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth)) if v is not None}
     given = {
         "grid": args.grid, "dim": args.dim, "conditional": args.conditional or None, "coupling": args.coupling,
-        "time": args.time, "steps": args.steps, "minutes": args.minutes, "batch_size": args.batch_size,
+        "time": args.time, "target": args.target, "steps": args.steps, "minutes": args.minutes, "batch_size": args.batch_size,
         "lr": args.lr, "seed": args.seed, "device": args.device, "net": net or None,
     }  # fmt: skip
     if args.model == "nf":
