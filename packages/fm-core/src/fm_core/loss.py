@@ -178,9 +178,11 @@ def batch_marginal_target(path: AffinePath, ps, y: Tensor | None = None, dropped
     xt = ps.x_t.reshape(b, -1)
     o = path.scheduler(ps.t)
     a, s, da, ds = o.alpha_t, o.sigma_t.clamp_min(_SIGMA_FLOOR), o.d_alpha_t, o.d_sigma_t
-    # -||x_t - a x1_j||^2 / (2 s^2) without the row constant ||x_t||^2 / (2 s^2), which softmax ignores
-    logits = ((xt @ x1.T) * (a / s**2)[:, None]
-              - (x1 * x1).sum(1)[None, :] * (0.5 * a**2 / s**2)[:, None])  # [B, B]
+    # -||x_t - a x1_j||^2 / (2 s^2) without the row constant ||x_t||^2 / (2 s^2), which softmax ignores:
+    # (a / s^2) x_t.x1_j - (a^2 / 2 s^2) ||x1_j||^2, as one [B, D+1] @ [D+1, B] product
+    rows = torch.cat([xt * (a / s**2)[:, None], (-0.5 * a**2 / s**2)[:, None]], dim=1)
+    cols = torch.cat([x1, (x1 * x1).sum(1, keepdim=True)], dim=1)
+    logits = rows @ cols.T  # [B, B]
     if y is not None:
         keep = y[:, None] == y[None, :]
         if dropped is not None:

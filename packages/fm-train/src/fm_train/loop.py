@@ -200,7 +200,10 @@ class Trainer:
         if not params:
             raise ValueError("the model has no trainable parameters")
         self._params = params
-        opt_kw: dict[str, Any] = {"fused": True} if self.device.type == "cuda" else {}
+        # torch's fused AdamW kernel exists for CPU and CUDA: one kernel over all parameters instead of
+        # a chain of foreach ops (measured on fm-toy2d's 219k-parameter MLP on 2 CPU cores: 45 ms a
+        # step instead of 53 ms)
+        opt_kw: dict[str, Any] = {"fused": True} if self.device.type in ("cuda", "cpu") else {}
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, **opt_kw)
         self.generator = self._make_generator()
         self._train_model = self._wrap_for_training(self.model)
