@@ -8,9 +8,10 @@ For each of three 2D data sets (4x4 checkerboard, entropy log 32 = 3.466; Olympi
 quadrature, fm_data.toy.Moons.entropy) it trains, unconditionally, with the same number of steps
 and the same batch size, drawing the same training batches:
 
-1. ``fm-nflows``: ``fm_toy2d.nf.train`` with the app's nf defaults (``build_flow`` defaults: 10
-   blocks ActNorm -> LU linear -> affine coupling with 3 x 128 ReLU conditioners; AdamW lr 5e-3,
-   100 warmup steps, cosine decay to 0, clipping at 1, EMA 0.99 through fm_train.Trainer);
+1. ``fm-nflows``: ``fm_toy2d.nf.train`` with the app's nf defaults (``fm_toy2d.nf.NF_NET``: 10
+   affine couplings with alternating masks and 3 x 128 ReLU conditioners, no ActNorm, no LU
+   mixing, scale bound 7, conditioners' last layer not zeroed; AdamW lr 5e-3, 100 warmup steps,
+   cosine decay to 0, clipping at 1, EMA 0.99 through fm_train.Trainer);
 2. ``zuko RealNVP``: ``zuko.flows.RealNVP(2, transforms=10, hidden_features=(128,) * 3)``, the
    same parameter count (+-0.1 %), trained by the very same loop and settings (fm_train.Trainer,
    same TrainConfig, same batches, EMA weights evaluated);
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fm_toy2d.evaluation import _entropy, heldout_data
     from fm_toy2d.nf import NF_DEFAULTS as d
+    from fm_toy2d.nf import NF_NET
     from fm_toy2d.nf import build_nf, make_nf_config
     from fm_toy2d.training import build_distribution
 
@@ -212,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Unconditional models, {steps:,} steps of batch {batch} each, the same training batches; test NLL in nats per point "
         f"(+- standard error) on the same {n_test:,} held-out points; entropy: the data's true entropy (checkerboard and "
-        "rings in closed form, moons by quadrature), so the gap is the KL divergence from the data to the model. Both flows: "
+        "rings in closed form, moons by quadrature), so the gap is the KL divergence from the data to the model. Seed 0 "
+        "for every model (weights and training batches); one seed only, see apps/toy2d/README.md (\"Against zuko\") for "
+        "three seeds. fm-nflows: fm_toy2d.nf.NF_NET = "
+        + ", ".join(f"{k}={v}" for k, v in NF_NET.items() if k != "embed_dim") + ". Both flows: "
         f"EMA weights, fm_train.Trainer with fm-toy2d's nf defaults: AdamW lr {d['lr']:g}, {d['warmup_steps']} warmup steps, "
         f"cosine decay to 0, clipping {d['grad_clip']:g}, EMA {d['ema_decay']:g}. "
         f"Flow matching: the app's default recipe ({fm_recipe}; MLP width {hidden} to match the parameter count), "

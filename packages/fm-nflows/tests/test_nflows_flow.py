@@ -249,6 +249,9 @@ def test_build_flow_seed_and_arguments():
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(va, vb), k
     assert json.loads(json.dumps(a.config)) == a.config
+    c = build_flow(2, 2, 8, mixing="none", actnorm=False, zero_init=False, seed=7)
+    assert c.config["zero_init"] is False and len(c.layers) == 2  # couplings only
+    assert all(m.conditioner.out.weight.abs().max() > 0 for m in c.layers)
     for kwargs, msg in [(dict(dim=1), "dim"), (dict(n_layers=0), "n_layers"),
                         (dict(mixing="glow"), "mixing"), (dict(activation="swish"), "activation"),
                         (dict(num_classes=0), "num_classes")]:

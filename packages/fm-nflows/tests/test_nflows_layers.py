@@ -110,6 +110,18 @@ def test_coupling_keeps_conditioning_coordinates_and_starts_as_identity():
     assert (z[:, ~mask] - x[:, ~mask]).abs().min() > 1e-3
 
 
+def test_coupling_without_zero_init_is_not_the_identity_and_still_inverts():
+    torch.manual_seed(0)
+    layer = AffineCoupling(3, hidden=16, zero_init=False).to(DTYPE)
+    assert layer.conditioner.out.weight.abs().max() > 0  # PyTorch's default init kept
+    x = torch.randn(20, 3, dtype=DTYPE)
+    z, logdet = layer(x)
+    assert (z - x).abs().max() > 1e-3 and logdet.abs().max() > 1e-4
+    back, logdet_inv = layer.inverse(z)
+    assert_close(back, x, atol=1e-12)
+    assert_close(logdet + logdet_inv, torch.zeros(20, dtype=DTYPE), atol=1e-12)
+
+
 def test_coupling_scale_is_smoothly_bounded():
     c = 2.0
     layer = AffineCoupling(2, hidden=8, scale_bound=c).to(DTYPE)

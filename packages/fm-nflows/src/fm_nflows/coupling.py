@@ -7,8 +7,9 @@ any) and outputs a shift ``t`` and a raw log-scale; the log-scale is bounded smo
 
     z_a = x_a,    z_b = x_b * exp(s(x_a)) + t(x_a),    log|det dz/dx| = sum(s).
 
-The conditioner's last layer starts at zero, so a fresh coupling is the identity. The
-conditioner has no dropout and no batch statistics: those would make the map differ
+With ``zero_init=True`` the conditioner's last layer starts at zero, so a fresh coupling is
+the identity; ``zero_init=False`` keeps PyTorch's default (small random) initialisation there,
+as zuko does. The conditioner has no dropout and no batch statistics: those would make the map differ
 between training and evaluation and break invertibility.
 """
 
@@ -40,11 +41,12 @@ def alternating_mask(dim: int, parity: int) -> Tensor:
 class ConditionerMLP(nn.Module):
     """``in_dim -> hidden -> ... -> out_dim`` MLP with ``n_hidden`` hidden layers.
 
-    The last Linear is zero-initialised. No dropout, no normalisation layers.
+    The last Linear is zero-initialised when ``zero_init`` (else PyTorch's default init).
+    No dropout, no normalisation layers.
     """
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 128, n_hidden: int = 3,
-                 activation: str = "relu") -> None:
+                 activation: str = "relu", zero_init: bool = True) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
@@ -57,8 +59,9 @@ class ConditionerMLP(nn.Module):
             width = hidden
         self.net = nn.Sequential(*layers)
         self.out = nn.Linear(width, out_dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        if zero_init:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
 
     def forward(self, h: Tensor) -> Tensor:
         """``h [B, in_dim] -> [B, out_dim]``."""
@@ -79,6 +82,8 @@ class AffineCoupling(FlowLayer):
             (0: unconditional; ``context`` must then be None).
         scale_bound: c in ``s = c * tanh(s_raw / c)``; each coupling scales a coordinate
             by a factor in ``(exp(-c), exp(c))``.
+        zero_init: start the conditioner's last layer at zero (the coupling starts as the
+            identity); False keeps PyTorch's default initialisation of that layer.
 
     ``forward(x [B, D], context [B, C] | None) -> (z [B, D], logdet [B])``, data -> noise;
     ``inverse(z, context) -> (x, logdet)`` with the opposite log-determinant.
@@ -86,7 +91,7 @@ class AffineCoupling(FlowLayer):
 
     def __init__(self, dim: int, mask: Tensor | Sequence[int | bool] | None = None, *,
                  hidden: int = 128, n_hidden: int = 3, activation: str = "relu",
-                 context_dim: int = 0, scale_bound: float = 2.0) -> None:
+                 context_dim: int = 0, scale_bound: float = 2.0, zero_init: bool = True) -> None:
         super().__init__()
         if dim < 2:
             raise ValueError(f"a coupling needs dim >= 2, got dim={dim}")
@@ -112,7 +117,8 @@ class AffineCoupling(FlowLayer):
         self.register_buffer("cond_idx", torch.nonzero(mask).flatten())
         self.register_buffer("trans_idx", torch.nonzero(~mask).flatten())
         n_cond, n_trans = int(mask.sum()), int((~mask).sum())
-        self.conditioner = ConditionerMLP(n_cond + context_dim, 2 * n_trans, hidden, n_hidden, activation)
+        self.conditioner = ConditionerMLP(n_cond + context_dim, 2 * n_trans, hidden, n_hidden, activation,
+                                          zero_init=zero_init)
 
     def _shift_log_scale(self, x_cond: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.context_dim > 0:
