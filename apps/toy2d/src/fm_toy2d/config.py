@@ -57,7 +57,7 @@ SOLVERS = ("euler", "midpoint", "heun", "rk4")
 #: Training steps of the default recipe per dataset (the "default budget"): at most about
 #: 3 minutes on an unloaded 2-core CPU (measured steps/s in the README).
 DEFAULT_STEPS: dict[str, int] = {
-    "checkerboard": 4000,
+    "checkerboard": 3800,
     "olympic-rings": 3000,
     "moons": 2000,
     "8gaussians": 2000,
