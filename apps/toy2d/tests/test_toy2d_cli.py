@@ -163,3 +163,17 @@ def test_bad_sampler_and_label_arguments(board_run, rings_run, capsys, tmp_path)
     _usage_error(capsys, ["eval", "--run", str(board_run), "--solver", "dopri5", "--nfe", "8"], "--nfe 8", "dopri5")
     _usage_error(capsys, ["train", "--out", str(board_run), *TINY], str(board_run), "already holds a run")
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_no_arguments_runs_the_demo(monkeypatch):
+    import fm_toy2d.cli as cli
+
+    seen = {}
+
+    def fake_demo(parser, args):
+        seen["args"] = args
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_demo", fake_demo)
+    assert cli.main([]) == 0
+    assert seen["args"].command == "demo" and seen["args"].out is None and seen["args"].steps is None
