@@ -98,6 +98,19 @@ def likelihood(run: FlowRun, n: int = 2000, *, batch: int = 1000, atol: float = 
         logps.append(res.log_prob.double().cpu())
         nfe = max(nfe, res.nfe)
     nll = -torch.cat(logps)
+    return {
+        **nll_summary(nll, n, cfg, dist),
+        "method": "dopri5",
+        "divergence": "exact",
+        "atol": atol,
+        "rtol": rtol,
+        "nfe": nfe,
+        "heldout_seed": heldout_seed(cfg.seed),
+    }
+
+
+def nll_summary(nll: Tensor, n: int, cfg: RunConfig, dist) -> dict[str, Any]:
+    """Mean, standard error, entropy and gap of per-point NLLs (nats); shared by flow-matching and nf runs."""
     entropy = _entropy(cfg, dist)
     mean = float(nll.mean())
     return {
@@ -107,12 +120,6 @@ def likelihood(run: FlowRun, n: int = 2000, *, batch: int = 1000, atol: float = 
         "conditional": cfg.conditional,
         "entropy": entropy,
         "gap": None if entropy is None else mean - entropy,
-        "method": "dopri5",
-        "divergence": "exact",
-        "atol": atol,
-        "rtol": rtol,
-        "nfe": nfe,
-        "heldout_seed": heldout_seed(cfg.seed),
     }
 
 

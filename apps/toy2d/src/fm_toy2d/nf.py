@@ -44,7 +44,7 @@ from fm_train.checkpoint import CheckpointError
 
 from .config import RunConfig
 from .evaluation import SAMPLE_OFFSET  # sampling seeds: the same offsets as flow-matching runs
-from .training import APP_FORMAT, build_distribution, read_run_config, train_config
+from .training import APP_FORMAT, build_distribution, read_csv_columns, read_run_config, train_config
 
 __all__ = [
     "NF_DEFAULTS",
@@ -220,16 +220,7 @@ def train(cfg: RunConfig | dict[str, Any], run_dir: str | Path, *, progress: boo
 
 def nll_terms_history(run_dir: str | Path) -> dict[str, list[float]]:
     """RUN/nll_terms.csv as columns (step, nll, base_log_prob, logdet); empty lists when absent."""
-    cols: dict[str, list[float]] = {"step": [], "nll": [], "base_log_prob": [], "logdet": []}
-    path = Path(run_dir) / TERMS_FILE
-    if not path.exists():
-        return cols
-    lines = path.read_text().strip().splitlines()
-    header = lines[0].split(",")
-    for line in lines[1:]:
-        for key, value in zip(header, line.split(",")):
-            cols[key].append(float(value))
-    return cols
+    return read_csv_columns(Path(run_dir) / TERMS_FILE, ("step", "nll", "base_log_prob", "logdet"))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -318,7 +309,7 @@ def likelihood(run: NFRun, n: int = 2000) -> dict[str, Any]:
     conditional entropy H(X | Y) where known; ``marginal`` is log p(x) = log mean_k p(x | k)
     (labels are uniform in every toy set) against H(X).
     """
-    from .evaluation import _entropy, heldout_data, heldout_seed
+    from .evaluation import heldout_data, heldout_seed, nll_summary
 
     cfg, dist = run.config, run.dist
     x, y = heldout_data(cfg, dist, n)
@@ -326,15 +317,8 @@ def likelihood(run: NFRun, n: int = 2000) -> dict[str, Any]:
     z, logdet = f64(x.double(), y)
     base = -0.5 * (z**2).sum(-1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
     nll = -(base + logdet)
-    entropy = _entropy(cfg, dist)
-    mean = float(nll.mean())
     out: dict[str, Any] = {
-        "mean": mean,
-        "stderr": float(nll.std() / math.sqrt(len(nll))) if len(nll) > 1 else None,
-        "n": n,
-        "conditional": cfg.conditional,
-        "entropy": entropy,
-        "gap": None if entropy is None else mean - entropy,
+        **nll_summary(nll, n, cfg, dist),
         "method": "exact",
         "divergence": None,
         "formula": "-log p(x) = -log N(z; 0, I) - log|det dz/dx|, z = flow(x)",
@@ -440,7 +424,7 @@ def pictures(run_dir: str | Path, *, n: int = 20000, fast: bool | None = None) -
     """
     from . import nf_plots, plots
     from .evaluation import headline, heldout_data, sample_quality, update_metrics
-    from .pictures import extent_of
+    from .pictures import dataset_label, extent_of
 
     if fast is None:
         fast = os.environ.get("FM_TOY2D_FAST", "") == "1"
@@ -449,7 +433,7 @@ def pictures(run_dir: str | Path, *, n: int = 20000, fast: bool | None = None) -
     n = min(n, 4000) if fast else n
     data, _ = heldout_data(cfg, run.dist, n)
     extent = extent_of(cfg, data)
-    name = f"{cfg.dataset}{f' {cfg.grid}x{cfg.grid}' if cfg.dataset == 'checkerboard' and cfg.dim == 2 else ''}"
+    name = dataset_label(cfg)
     what = f"normalizing flow, {cfg.net['n_layers']} blocks, {run.step} steps"
     seed = cfg.seed + SAMPLE_OFFSET
     written: list[Path] = []

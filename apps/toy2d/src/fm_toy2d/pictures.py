@@ -31,6 +31,11 @@ from .training import FlowRun, loss_history
 __all__ = ["extent_of", "write_pictures"]
 
 
+def dataset_label(cfg) -> str:
+    """The dataset's name for picture titles: "checkerboard 8x8" for a 2D checkerboard, else the name."""
+    return f"{cfg.dataset}{f' {cfg.grid}x{cfg.grid}' if cfg.dataset == 'checkerboard' and cfg.dim == 2 else ''}"
+
+
 def extent_of(cfg: RunConfig, data: torch.Tensor | None = None) -> tuple[float, float, float, float]:
     """Axis limits (xmin, xmax, ymin, ymax) for pictures of the dataset (first two coordinates)."""
     if cfg.dataset == "checkerboard":
@@ -64,7 +69,7 @@ def write_pictures(run: FlowRun, *, n: int = 20000, fast: bool | None = None) ->
     n = min(n, 4000) if fast else n
     data, data_y = heldout_data(cfg, run.dist, n)
     extent = extent_of(cfg, data)
-    label = f"{cfg.dataset}{f' {cfg.grid}x{cfg.grid}' if cfg.dataset == 'checkerboard' and cfg.dim == 2 else ''}"
+    label = dataset_label(cfg)
     recipe = f"recipe {cfg.recipe}, {run.step} steps"
     seed = cfg.seed + SAMPLE_OFFSET
     steps = steps_for(cfg.solver, cfg.nfe)

@@ -253,8 +253,13 @@ def load_run(run_dir: str | Path, device: str = "cpu", use_ema: bool = True) -> 
 
 def loss_history(run_dir: str | Path) -> dict[str, list[float]]:
     """RUN/loss.csv as columns (step, loss, lr, elapsed_s); empty lists when absent."""
-    path = Path(run_dir) / "loss.csv"
-    cols: dict[str, list[float]] = {"step": [], "loss": [], "lr": [], "elapsed_s": []}
+    return read_csv_columns(Path(run_dir) / "loss.csv", ("step", "loss", "lr", "elapsed_s"))
+
+
+def read_csv_columns(path: str | Path, columns: tuple[str, ...]) -> dict[str, list[float]]:
+    """The named columns of a numeric CSV with a header line; empty lists when the file is absent."""
+    path = Path(path)
+    cols: dict[str, list[float]] = {key: [] for key in columns}
     if not path.exists():
         return cols
     lines = path.read_text().strip().splitlines()
