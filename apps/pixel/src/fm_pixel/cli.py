@@ -40,13 +40,17 @@ SAMPLE_EVERY = 500
 
 
 # ----------------------------------------------------------------------------- argument types
-def _int_at_least(low: int, what: str):
+def _int_at_least(low: int, what: str, high: int | None = None):
+    """An integer >= low (and <= high: a typo like 10**20 must not crash the run after data and model are built)."""
+    if high is not None:
+        what = f"{what} up to {high:,}"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-        if value < low:
+        if value < low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
         return value
 
@@ -71,7 +75,11 @@ def _float_in(low: float, high: float, what: str, low_open: bool = False, high_o
 
 positive_int = _int_at_least(1, "a positive integer")
 nonneg_int = _int_at_least(0, "an integer >= 0")
-batch_int = _int_at_least(2, "an integer >= 2")
+batch_int = _int_at_least(2, "an integer >= 2", 65536)
+seed_int = _int_at_least(0, "an integer >= 0", 2**32 - 1)
+count_int = _int_at_least(1, "a positive integer", 10**6)  # images, evaluations
+threads_int = _int_at_least(1, "a positive integer", 1024)
+MAX_WIDTH = 16384
 positive_float = _float_in(0.0, float("inf"), "a positive number", low_open=True)
 unit_float = _float_in(0.0, 1.0, "a number in [0, 1)")
 finite_float = _float_in(-float("inf"), float("inf"), "a finite number", low_open=True)
@@ -91,9 +99,15 @@ def _channels(text: str) -> list[int]:
         values = [int(c) for c in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be comma-separated widths like 32,64,128, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"must be comma-separated positive widths like 32,64,128, got {text!r}")
+    if not values or len(values) > 6 or any(not 1 <= v <= MAX_WIDTH for v in values):
+        raise argparse.ArgumentTypeError(f"must be 1 to 6 comma-separated widths in 1..{MAX_WIDTH} like 32,64,128, got {text!r}")
     return values
+
+
+def _path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must be a non-empty path, got {text!r}")
+    return Path(text)
 
 
 def _device(text: str) -> str:
@@ -123,12 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--minutes", type=positive_float, default=None, help="training-time budget in minutes")
     t.add_argument("--batch-size", type=batch_int, default=None)
     t.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (AdamW)")
-    t.add_argument("--seed", type=nonneg_int, default=None, help="default 0")
+    t.add_argument("--seed", type=seed_int, default=None, help="default 0")
     t.add_argument("--device", type=_device, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     t.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
     t.add_argument("--compile", action="store_true", help="torch.compile the network")
-    t.add_argument("--data-dir", type=Path, default=None, help="folder with mnist/ and fashion-mnist/ (default: $FM_DATA_DIR, ...)")
-    t.add_argument("--out", type=Path, default=None, help="run directory (default runs/<dataset>-<time>)")
+    t.add_argument("--data-dir", type=_path, default=None, help="folder with mnist/ and fashion-mnist/ (default: $FM_DATA_DIR, ...)")
+    t.add_argument("--out", type=_path, default=None, help="run directory (default runs/<dataset>-<time>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     adv = t.add_argument_group("advanced (default: the recipe's)")
     adv.add_argument("--recipe", choices=RECIPES, default=None, help="default | mit (MIT 6.S184 lab) | post (blog post MLP)")
@@ -139,42 +153,42 @@ def build_parser() -> argparse.ArgumentParser:
     adv.add_argument("--warmup-steps", type=nonneg_int, default=None)
     adv.add_argument("--ema-decay", type=unit_float, default=None)
     adv.add_argument("--channels", type=_channels, default=None, help="U-Net widths per level, e.g. 32,64,128")
-    adv.add_argument("--res-blocks", type=positive_int, default=None, help="U-Net residual blocks per level")
-    adv.add_argument("--patch-size", type=positive_int, default=None, help="U-Net pixel-unshuffle patch (1, 2, 4)")
-    adv.add_argument("--hidden", type=positive_int, default=None, help="MLP width")
-    adv.add_argument("--depth", type=nonneg_int, default=None, help="MLP blocks")
+    adv.add_argument("--res-blocks", type=_int_at_least(1, "a positive integer", 16), default=None, help="U-Net residual blocks per level")
+    adv.add_argument("--patch-size", type=_int_at_least(1, "a positive integer", 28), default=None, help="U-Net pixel-unshuffle patch (1, 2, 4)")
+    adv.add_argument("--hidden", type=_int_at_least(1, "a positive integer", MAX_WIDTH), default=None, help="MLP width")
+    adv.add_argument("--depth", type=_int_at_least(0, "an integer >= 0", 256), default=None, help="MLP blocks")
     adv.add_argument("--solver", choices=SOLVERS, default=None, help="the run's default sampler")
-    adv.add_argument("--nfe", type=positive_int, default=None, help="the run's default NFE")
+    adv.add_argument("--nfe", type=count_int, default=None, help="the run's default NFE")
     adv.add_argument("--guidance", type=finite_float, default=None, help="the run's default guidance scale")
     adv.add_argument("--sample-every", type=positive_int, default=SAMPLE_EVERY, help=f"steps between sample grids (default {SAMPLE_EVERY})")
-    adv.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    adv.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads (default: torch's choice)")
     adv.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sample", help="draw images from a trained run into an .npz (images uint8 [N,28,28], labels int64 [N])")
-    s.add_argument("--run", type=Path, required=True)
-    s.add_argument("--n", type=positive_int, required=True, help="number of images")
+    s.add_argument("--run", type=_path, required=True)
+    s.add_argument("--n", type=count_int, required=True, help="number of images")
     s.add_argument("--solver", choices=SOLVERS, default=None, help="ODE solver (default: the run's)")
-    s.add_argument("--nfe", type=positive_int, default=None, help="velocity evaluations per image (default: the run's)")
+    s.add_argument("--nfe", type=count_int, default=None, help="velocity evaluations per image (default: the run's)")
     s.add_argument("--guidance", type=finite_float, default=None, help="classifier-free guidance scale (default: the run's)")
     s.add_argument("--label", type=nonneg_int, default=None, help="class of every image (default: balanced over the trained classes)")
-    s.add_argument("--seed", type=nonneg_int, default=0)
-    s.add_argument("--out", type=Path, required=True, help="output file, FILE.npz")
-    s.add_argument("--grid", type=Path, default=None, help="also write a PNG grid of (up to 100 of) the images")
-    s.add_argument("--gif", type=Path, default=None, help="also write a GIF of the grid moving from noise to images")
+    s.add_argument("--seed", type=seed_int, default=0)
+    s.add_argument("--out", type=_path, required=True, help="output file, FILE.npz")
+    s.add_argument("--grid", type=_path, default=None, help="also write a PNG grid of (up to 100 of) the images")
+    s.add_argument("--gif", type=_path, default=None, help="also write a GIF of the grid moving from noise to images")
     s.add_argument("--batch-size", type=positive_int, default=500, help="images per solver batch (default 500)")
     s.add_argument("--device", type=_device, default="auto")
-    s.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    s.add_argument("--threads", type=threads_int, default=None, help="torch CPU threads")
 
     e = sub.add_parser("eval", help="sample and score a run (FID vs the test split, label accuracy, coverage) into RUN/metrics.json")
-    e.add_argument("--run", type=Path, required=True)
-    e.add_argument("--n", type=positive_int, default=1000, help="samples scored (default 1000)")
+    e.add_argument("--run", type=_path, required=True)
+    e.add_argument("--n", type=count_int, default=1000, help="samples scored (default 1000)")
     e.add_argument("--solver", choices=SOLVERS, default=None)
-    e.add_argument("--nfe", type=positive_int, default=None)
+    e.add_argument("--nfe", type=count_int, default=None)
     e.add_argument("--guidance", type=finite_float, default=None)
-    e.add_argument("--seed", type=nonneg_int, default=0)
-    e.add_argument("--data-dir", type=Path, default=None)
+    e.add_argument("--seed", type=seed_int, default=0)
+    e.add_argument("--data-dir", type=_path, default=None)
     e.add_argument("--device", type=_device, default="auto")
-    e.add_argument("--threads", type=positive_int, default=None)
+    e.add_argument("--threads", type=threads_int, default=None)
     return p
 
 
@@ -224,7 +238,10 @@ def _resume_config(parser: argparse.ArgumentParser, args: argparse.Namespace, st
     """The stored PixelConfig; options given now must agree with it."""
     from .config import PixelConfig
 
-    cfg = PixelConfig.from_dict(stored["pixel"])
+    try:
+        cfg = PixelConfig.from_dict(stored["pixel"])
+    except (ValueError, TypeError) as e:
+        parser.error(f"--out {str(args.out)!r}: {args.out / 'config.json'}: bad \"pixel\" section: {e}")
     diffs = []
     for dest, field in CONFIG_ARGS.items():
         given = getattr(args, dest)
@@ -300,7 +317,10 @@ def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     steps, minutes = args.steps, args.minutes
     if steps is None and minutes is None:
         if stored is not None:
-            steps, minutes = stored["train"].get("steps"), stored["train"].get("minutes")
+            train_section = stored.get("train")
+            if not isinstance(train_section, dict):
+                parser.error(f"--out {str(out)!r}: {out / 'config.json'}: bad \"train\" section: expected a JSON object")
+            steps, minutes = train_section.get("steps"), train_section.get("minutes")
         else:
             from .config import DEFAULT_STEPS
 
@@ -339,9 +359,12 @@ def _load_for_sampling(parser: argparse.ArgumentParser, args: argparse.Namespace
 
     try:
         data = read_run_config(args.run)
+    except ValueError as e:
+        parser.error(f"--run {str(args.run)!r}: {e}")
+    try:
         cfg = PixelConfig.from_dict(data["pixel"])
     except (ValueError, TypeError) as e:
-        parser.error(f"--run {str(args.run)!r}: {e}")
+        parser.error(f"--run {str(args.run)!r}: {args.run / 'config.json'}: bad \"pixel\" section: {e}")
     if not (args.run / "checkpoint").exists() and not (args.run / "checkpoint.old").exists():
         parser.error(f"--run {str(args.run)!r} has no checkpoint yet (training has not saved one)")
     solver = args.solver or cfg.solver
@@ -385,6 +408,12 @@ def _cmd_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     if args.gif is not None and args.gif.suffix.lower() != ".gif":
         parser.error(f"--gif {str(args.gif)!r} must end in .gif")
     cfg, solver, nfe, guidance = _load_for_sampling(parser, args)
+    for flag, path in (("--out", args.out), ("--grid", args.grid), ("--gif", args.gif)):
+        if path is not None:  # before sampling: a bad output location must not waste the work
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                parser.error(f"{flag} {str(path)!r}: cannot create its folder ({e.strerror or e})")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
@@ -461,7 +490,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     sub = parser._subparsers._group_actions[0].choices[args.command]  # the sub-command's parser (for its usage line)
-    return {"train": _cmd_train, "sample": _cmd_sample, "eval": _cmd_eval}[args.command](sub, args)
+    try:
+        return {"train": _cmd_train, "sample": _cmd_sample, "eval": _cmd_eval}[args.command](sub, args)
+    except OSError as e:  # full disk, unwritable output: one line naming the file, not a traceback
+        return _error(args.command, str(e))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -257,7 +257,7 @@ def _read_verified(path: Path, expected_md5: str | None) -> bytes:
     try:
         raw = gzip.decompress(path.read_bytes())
     except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"corrupt or unreadable file {path}: {type(e).__name__}: {e}.\n{_FIX_HINT}") from e
+        raise DataError(f"corrupt or unreadable file {path}: {type(e).__name__}: {e}. {_FIX_HINT}") from e
     if expected_md5 is not None:
         st = path.stat()
         key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
@@ -266,7 +266,7 @@ def _read_verified(path: Path, expected_md5: str | None) -> bytes:
             if got != expected_md5:
                 raise DataError(
                     f"corrupt file {path}: MD5 of the decompressed content is {got}, expected "
-                    f"{expected_md5}. Replace it with the original file.\n{_FIX_HINT}"
+                    f"{expected_md5}. Replace it with the original file. {_FIX_HINT}"
                 )
             _VERIFIED[key] = got
     return raw
@@ -303,7 +303,7 @@ def read_idx(path: str | os.PathLike, expected_md5: str | None = None) -> np.nda
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"missing file {path}.\n{_FIX_HINT}")
+        raise DataError(f"missing file {path}. {_FIX_HINT}")
     return _parse_idx(_read_verified(path, expected_md5), path)
 
 

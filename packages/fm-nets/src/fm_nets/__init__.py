@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from .dit import DIT_CONFIGS, DiT
 from .embeddings import LabelEmbedding, TimeEmbedding, sinusoidal_embedding
 from .mlp import MLPVelocity
 from .unet import UNet
 
-__all__ = ["LabelEmbedding", "TimeEmbedding", "sinusoidal_embedding", "MLPVelocity", "UNet", "build_net", "NETS"]
+__all__ = ["LabelEmbedding", "TimeEmbedding", "sinusoidal_embedding", "MLPVelocity", "UNet", "DiT", "DIT_CONFIGS", "build_net", "NETS"]
 
-NETS = ("mlp", "unet")
+NETS = ("mlp", "unet", "dit")
 
 
 def build_net(name: str, **config) -> nn.Module:
@@ -25,4 +26,6 @@ def build_net(name: str, **config) -> nn.Module:
         from .unet import UNet
 
         return UNet(**config)
+    if name == "dit":
+        return DiT(**config)
     raise ValueError(f"unknown network {name!r}; choose one of {', '.join(NETS)}")

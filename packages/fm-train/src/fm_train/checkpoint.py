@@ -52,6 +52,7 @@ __all__ = [
     "read_json",
     "atomic_write_text",
     "load_model_for_sampling",
+    "config_diff",
 ]
 
 CHECKPOINT_DIRNAME = "checkpoint"
@@ -115,19 +116,29 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temporary file beside it, fsync, ``os.replace``)."""
+    """Write ``text`` to ``path`` atomically (temporary file beside it, fsync, ``os.replace``).
+
+    An ``OSError`` (full disk, no permission) is re-raised with ``path`` as its file name, so
+    its message names the file the user knows, not the temporary one; ``path`` is untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise type(e)(e.errno, e.strerror or _first_line(e), str(path)) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
@@ -360,6 +371,42 @@ def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], file: str
     module.load_state_dict(dict(state))
 
 
+def config_diff(a: Any, b: Any, prefix: str = "", *, shared_only: bool = False, now: str = "now") -> list[str]:
+    """Dotted keys where two JSON-like values differ, with both values (``a``: the checkpoint's,
+    ``b``: the one described by ``now``). ``shared_only``: compare only keys both dicts hold."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in list(a) + [k for k in b if k not in a]:
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in a:
+                out += [] if shared_only else [f"{key} absent in the checkpoint but {b[k]!r} {now}"]
+            elif k not in b:
+                out += [] if shared_only else [f"{key}={a[k]!r} in the checkpoint but absent {now}"]
+            else:
+                out.extend(config_diff(a[k], b[k], key, shared_only=shared_only, now=now))
+        return out
+    return [] if a == b else [f"{prefix}={a!r} in the checkpoint but {b!r} {now}"]
+
+
+def _check_same_run(ckpt: Checkpoint, cfg_file: Path) -> None:
+    """A checkpoint inside a run directory must belong to that run (not be copied from another
+    model or data set): the settings both config.json files hold must agree (the budget in
+    ``train`` may differ: it changes on resume)."""
+    run_file = ckpt.path.parent / CONFIG_FILE
+    if not run_file.is_file():
+        return
+    run_cfg = read_json(run_file)
+    if run_cfg.get("format") != RUN_FORMAT:
+        return
+    skip = ("format", "version", "step", "train")
+    diffs = config_diff({k: v for k, v in ckpt.config.items() if k not in skip},
+                        {k: v for k, v in run_cfg.items() if k not in skip}, shared_only=True, now=f"in {run_file.name}")  # fmt: skip
+    if diffs:
+        shown = "; ".join(diffs[:3])
+        more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        raise CheckpointError(f"{cfg_file}: this checkpoint belongs to another run than {run_file}: {shown}{more}")
+
+
 def load_model_for_sampling(
     run_dir: str | os.PathLike,
     build_fn: Callable[[dict[str, Any]], nn.Module],
@@ -376,6 +423,7 @@ def load_model_for_sampling(
     """
     ckpt = load_checkpoint(run_dir, train_state=False)
     cfg_file = ckpt.path / CONFIG_FILE
+    _check_same_run(ckpt, cfg_file)
     try:
         model = build_fn(ckpt.config)
     except (ValueError, TypeError, KeyError) as e:

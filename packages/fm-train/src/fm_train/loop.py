@@ -42,6 +42,7 @@ from .checkpoint import (
     STATE_FILE,
     CheckpointError,
     atomic_write_text,
+    config_diff,
     find_checkpoint,
     load_checkpoint,
     load_weights,
@@ -116,20 +117,9 @@ def _json_normalise(obj: Any, what: str) -> Any:
         raise ValueError(f"{what} must be JSON-serialisable: {e}") from None
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+def _diff(a: Any, b: Any) -> list[str]:
     """Dotted keys where two JSON-like values differ, with both values."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in list(a) + [k for k in b if k not in a]:
-            key = f"{prefix}.{k}" if prefix else str(k)
-            if k not in a:
-                out.append(f"{key} absent in the checkpoint but {b[k]!r} now")
-            elif k not in b:
-                out.append(f"{key}={a[k]!r} in the checkpoint but absent now")
-            else:
-                out.extend(_diff(a[k], b[k], key))
-        return out
-    return [] if a == b else [f"{prefix}={a!r} in the checkpoint but {b!r} now"]
+    return config_diff(a, b)
 
 
 class Trainer:
@@ -216,6 +206,7 @@ class Trainer:
         self._pending_first = 1
         self._interval_sum = 0.0
         self._interval_n = 0
+        self._resume_interval = (0.0, 0)  # (sum, count) of the log interval a checkpoint was cut in
         self._last_loss: float | None = None
         self._lr = config.lr
 
@@ -293,6 +284,8 @@ class Trainer:
             "generator_device": self.generator.device.type,
             "rng": capture_rng_state(),
             "history": self.history.state_dict(),
+            # the loss sum of the current log interval: loss.csv after a resume equals an uninterrupted run's
+            "interval": {"sum": float(self._interval_sum), "n": int(self._interval_n)},
             "world_size": self.world_size,
             "torch_version": str(torch.__version__),  # TorchVersion would not load weights_only
         }
@@ -363,11 +356,14 @@ class Trainer:
                 )
                 self.generator.manual_seed(self.config.seed * 1_000_003 + step)
             restore_rng_state(ts["rng"])
+            interval = ts.get("interval") or {"sum": 0.0, "n": 0}  # absent in checkpoints of fm-train <= 0.1.0
+            resume_interval = (float(interval["sum"]), int(interval["n"]))
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
             raise CheckpointError(f"{sf}: does not fit this run ({type(e).__name__}: {e})") from None
         self.step, self.elapsed, self.history = int(step), elapsed, history
         self._ckpt_step = self.step
         self._lr = float(ts.get("lr", self.config.lr))
+        self._resume_interval = resume_interval
 
     # ------------------------------------------------------------------ sampling
 
@@ -419,7 +415,8 @@ class Trainer:
         amp = autocast(self.device, cfg.bf16)
         self._pending.clear()
         self._pending_first = self.step + 1
-        self._interval_sum, self._interval_n = 0.0, 0
+        self._interval_sum, self._interval_n = self._resume_interval
+        self._resume_interval = (0.0, 0)
 
         bar = self._progress_bar(budget_s, base_elapsed)
         t0 = time.perf_counter()

@@ -1,0 +1,1 @@
+"""fm-latentgen: latent flow matching on MNIST and Fashion-MNIST."""
