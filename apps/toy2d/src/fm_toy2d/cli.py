@@ -4,6 +4,7 @@
     fm-toy2d train --dataset checkerboard --grid 8 --out runs/cb
     fm-toy2d sample --run runs/cb --n 20000 --solver midpoint --nfe 8 --out samples.npz
     fm-toy2d eval --run runs/cb
+    fm-toy2d study --out runs/study                 # the scaling study (fm_toy2d.study); --quick for CI
 
 Every argument is checked before any work starts; a bad value is an argparse usage error (exit
 status 2) that names the value and what is allowed.
@@ -50,13 +51,17 @@ NF_MISSING = (
 
 
 # ----------------------------------------------------------------------------- argument types
-def _int_at_least(low: int, what: str):
+def _int_at_least(low: int, what: str, high: int | None = None):
+    """An integer >= low (and <= high: a typo like 10**20 must not crash the run after data and model are built)."""
+    if high is not None:
+        what = f"{what} up to {high:,}"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
-        if value < low:
+        if value < low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
         return value
 
@@ -76,7 +81,16 @@ def _positive_float(text: str) -> float:
 
 positive_int = _int_at_least(1, "a positive integer")
 nonneg_int = _int_at_least(0, "an integer >= 0")
-batch_int = _int_at_least(2, "an integer >= 2")
+batch_int = _int_at_least(2, "an integer >= 2", 65536)
+seed_int = _int_at_least(0, "an integer >= 0", 2**32 - 1)
+count_int = _int_at_least(1, "a positive integer", 10**8)  # samples, evaluations
+size_int = _int_at_least(1, "a positive integer", 16384)  # widths
+
+
+def _path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must be a non-empty path, got {text!r}")
+    return Path(text)
 
 
 def _device(text: str) -> str:
@@ -96,17 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Flow matching on 2D toy data, with pictures. Without a command: the demo "
         "(8x8 checkerboard with the default recipe; pictures and an animation in runs/demo).",
     )
-    sub = p.add_subparsers(dest="command", metavar="{demo,train,sample,eval}")
+    sub = p.add_subparsers(dest="command", metavar="{demo,train,sample,eval,study}")
 
     d = sub.add_parser("demo", help="train the 8x8 checkerboard with the defaults and draw the pictures")
-    d.add_argument("--out", type=Path, default=None, help="run directory (default runs/demo, or runs/demo-<time> if taken)")
+    d.add_argument("--out", type=_path, default=None, help="run directory (default runs/demo, or runs/demo-<time> if taken)")
     d.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the default budget)")
     d.add_argument("--device", type=_device, default="auto")
 
     t = sub.add_parser("train", help="train a model on a toy dataset; writes the run directory and its pictures")
     t.add_argument("--dataset", choices=DATASETS, default="checkerboard")
-    t.add_argument("--grid", type=positive_int, default=None, help="checkerboard cells per axis (default 8)")
-    t.add_argument("--dim", type=positive_int, default=None, help="checkerboard dimension (default 2)")
+    t.add_argument("--grid", type=_int_at_least(1, "a positive integer", 1000), default=None, help="checkerboard cells per axis (default 8)")
+    t.add_argument("--dim", type=_int_at_least(1, "a positive integer", 64), default=None, help="checkerboard dimension (default 2)")
     t.add_argument("--conditional", action="store_true", help="class-conditional model (labels of the dataset)")
     t.add_argument("--model", choices=("fm", "nf"), default="fm", help="fm: flow matching (default); nf: normalizing flow")
     t.add_argument("--recipe", choices=("default", "post"), default="default",
@@ -121,33 +135,37 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--minutes", type=_positive_float, default=None, help="a time budget instead of steps")
     t.add_argument("--batch-size", type=batch_int, default=None)
     t.add_argument("--lr", type=_positive_float, default=None)
-    t.add_argument("--seed", type=nonneg_int, default=0)
-    t.add_argument("--out", type=Path, default=None, help="run directory (default runs/<dataset>-<time>)")
+    t.add_argument("--seed", type=seed_int, default=0)
+    t.add_argument("--out", type=_path, default=None, help="run directory (default runs/<dataset>-<time>)")
     t.add_argument("--device", type=_device, default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    t.add_argument("--hidden", type=positive_int, default=None, help="MLP width (advanced; tests use tiny nets)")
-    t.add_argument("--depth", type=nonneg_int, default=None, help="MLP blocks (advanced)")
+    t.add_argument("--hidden", type=size_int, default=None, help="MLP width (advanced; tests use tiny nets)")
+    t.add_argument("--depth", type=_int_at_least(0, "an integer >= 0", 256), default=None, help="MLP blocks (advanced)")
     t.add_argument("--no-pictures", dest="pictures", action="store_false", help="skip the pictures after training")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sample", help="draw samples from a trained run into an .npz (x [N, D] float32, y [N] int64 if conditional)")
-    s.add_argument("--run", type=Path, required=True)
-    s.add_argument("--n", type=positive_int, required=True)
+    s.add_argument("--run", type=_path, required=True)
+    s.add_argument("--n", type=count_int, required=True)
     s.add_argument("--solver", choices=SAMPLE_SOLVERS, default=None, help="ODE solver (default: the run's)")
-    s.add_argument("--nfe", type=positive_int, default=None, help="velocity evaluations per sample (default: the run's)")
+    s.add_argument("--nfe", type=count_int, default=None, help="velocity evaluations per sample (default: the run's)")
     s.add_argument("--label", type=nonneg_int, default=None, help="class label (conditional runs; default: uniform labels)")
-    s.add_argument("--seed", type=nonneg_int, default=0)
-    s.add_argument("--out", type=Path, required=True, help="output file, FILE.npz")
+    s.add_argument("--seed", type=seed_int, default=0)
+    s.add_argument("--out", type=_path, required=True, help="output file, FILE.npz")
     s.add_argument("--device", type=_device, default="auto")
 
     e = sub.add_parser("eval", help="write RUN/metrics.json: distances, quality, exact NLL on held-out data")
-    e.add_argument("--run", type=Path, required=True)
-    e.add_argument("--n", type=positive_int, default=20000, help="samples for the quality metrics (default 20000)")
+    e.add_argument("--run", type=_path, required=True)
+    e.add_argument("--n", type=count_int, default=20000, help="samples for the quality metrics (default 20000)")
     e.add_argument("--solver", choices=SAMPLE_SOLVERS, default=None)
-    e.add_argument("--nfe", type=positive_int, default=None)
-    e.add_argument("--seed", type=nonneg_int, default=None, help="sampling seed (default: derived from the run's)")
-    e.add_argument("--n-nll", type=positive_int, default=2000, help="held-out points for the NLL (default 2000)")
+    e.add_argument("--nfe", type=count_int, default=None)
+    e.add_argument("--seed", type=seed_int, default=None, help="sampling seed (default: derived from the run's)")
+    e.add_argument("--n-nll", type=count_int, default=2000, help="held-out points for the NLL (default 2000)")
     e.add_argument("--no-nll", dest="nll", action="store_false", help="skip the (slow) likelihood")
     e.add_argument("--device", type=_device, default="auto")
+
+    from .study import add_study_parser  # the scaling study (issue 9): its options live beside its code
+
+    add_study_parser(sub, positive_int=positive_int, positive_float=_positive_float)
     return p
 
 
@@ -177,9 +195,12 @@ def _run_info(parser: argparse.ArgumentParser, run: Path) -> tuple[str, Any]:
 
     try:
         data = read_run_config(run)
-        cfg = RunConfig.from_dict(data["toy2d"])
     except ValueError as e:
         parser.error(f"--run {str(run)!r}: {e}")
+    try:
+        cfg = RunConfig.from_dict(data["toy2d"])
+    except (ValueError, TypeError) as e:
+        parser.error(f"--run {str(run)!r}: {run / 'config.json'}: bad \"toy2d\" section: {e}")
     kind = data.get("model", cfg.model)
     if not (run / "checkpoint").exists() and not (run / "checkpoint.old").exists():  # fm and nf runs alike (fm-train)
         parser.error(f"--run {str(run)!r} has no checkpoint yet (training has not saved one)")
@@ -236,8 +257,9 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         for flag, value in (("--grid", args.grid), ("--dim", args.dim)):
             if value is not None:
                 parser.error(f"{flag} {value} applies only to --dataset checkerboard, not {args.dataset!r}")
-    if args.dataset == "checkerboard" and args.dim is not None and args.dim > 2 and args.grid is not None and (args.grid ** args.dim) > 10**7:
-        parser.error(f"--grid {args.grid} --dim {args.dim}: {args.grid ** args.dim:,} cells is too many to evaluate (at most 10^7)")
+    grid = args.grid if args.grid is not None else 8  # RunConfig's default grid
+    if args.dataset == "checkerboard" and args.dim is not None and args.dim > 2 and grid**args.dim > 10**7:
+        parser.error(f"--grid {grid} --dim {args.dim}: {grid**args.dim:,} cells is too many to evaluate (at most 10^7)")
     out = args.out or _default_out(args.dataset)
     _check_out_dir(parser, out)
     net = {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth)) if v is not None}
@@ -360,14 +382,32 @@ def cmd_eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_command(command, parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run a command; a runtime failure (broken checkpoint, full disk, diverged run) is one line
+    ``fm-toy2d CMD: error: ...`` on stderr and exit status 1, not a traceback."""
+    from fm_train import TrainingDivergedError
+
+    try:
+        return command(parser, args)
+    except (ValueError, OSError, TrainingDivergedError) as e:  # CheckpointError is a ValueError
+        msg = " ".join(str(e).split("\n")) or type(e).__name__
+        print(f"fm-toy2d {args.command}: error: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nfm-toy2d {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command is None:
         args = parser.parse_args(["demo"])
     sub = parser._subparsers._group_actions[0].choices[args.command]  # the subcommand's parser, for its usage line
-    commands = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}
-    return commands[args.command](sub, args)
+    from .study import cmd_study
+
+    commands = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "study": cmd_study}
+    return _run_command(commands[args.command], sub, args)
 
 
 if __name__ == "__main__":

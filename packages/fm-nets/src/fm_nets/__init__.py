@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from .dit import DIT_CONFIGS, DiT
 from .embeddings import LabelEmbedding, TimeEmbedding, sinusoidal_embedding
 from .mlp import MLPVelocity
 from .unet import UNet
@@ -18,14 +17,23 @@ __all__ = ["LabelEmbedding", "TimeEmbedding", "sinusoidal_embedding", "MLPVeloci
 NETS = ("mlp", "unet", "dit")
 
 
+def __getattr__(name: str):
+    # The DiT pulls in timm, whose import costs seconds; load it only when a DiT is asked for.
+    if name in ("DiT", "DIT_CONFIGS"):
+        from . import dit
+
+        return getattr(dit, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def build_net(name: str, **config) -> nn.Module:
     """Build a registered network from its name and its ``.config`` dict (as saved in config.json)."""
     if name == "mlp":
         return MLPVelocity(**config)
     if name == "unet":
-        from .unet import UNet
-
         return UNet(**config)
     if name == "dit":
+        from .dit import DiT
+
         return DiT(**config)
     raise ValueError(f"unknown network {name!r}; choose one of {', '.join(NETS)}")

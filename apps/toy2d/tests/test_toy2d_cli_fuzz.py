@@ -1,0 +1,131 @@
+"""Every value-taking flag of fm-toy2d demo/train/sample/eval fed wrong types, negative, zero,
+huge, NaN, inf and empty values: each bad value is a usage error (exit 2, usage line, the flag
+named) within a fraction of a second, before any data is drawn or model built; the values that
+are legal reach the (patched) work functions, so the table cannot pass by rejecting everything.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+import fm_toy2d.cli as cli
+import fm_toy2d.training as training
+from fm_toy2d.config import make_config
+
+# wrong type, negative, zero, huge (as a float and as an integer), NaN, inf, empty, a fraction
+BAD_VALUES = ("abc", "-1", "0", "1e23", "100000000000000000000000", "nan", "inf", "", "2.5")
+HUGE_INT = "100000000000000000000000"
+HUGE = ("1e23", HUGE_INT)
+
+
+class Reached(Exception):
+    """The command got past argument checking into real work."""
+
+
+@pytest.fixture(autouse=True)
+def no_work(monkeypatch, tmp_path):
+    def reached(*a, **k):
+        raise Reached
+
+    for name in ("train", "load_run"):
+        monkeypatch.setattr(training, name, reached)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    """A conditional Olympic-rings run directory (config.json + an empty checkpoint folder):
+    enough for the argument checks of sample/eval (5 classes, midpoint NFE 8)."""
+    run = tmp_path / "run"
+    (run / "checkpoint").mkdir(parents=True)
+    cfg = make_config("olympic-rings", conditional=True, net={"hidden": 8, "depth": 1})
+    (run / "config.json").write_text(json.dumps({"format": "fm-train-run", "app": "fm-toy2d", "model": "fm",
+                                                 "toy2d": cfg.to_dict(), "train": {}}))  # fmt: skip
+    return run
+
+
+# flag -> the values of BAD_VALUES that are legal for it (everything else must be refused)
+INT_POS: set[str] = set()
+INT_NONNEG = {"0"}
+FLOAT_UNBOUNDED = set(HUGE)  # a huge learning rate or time budget is legal (and diverges / runs long)
+PATH = set(BAD_VALUES) - {""}  # any non-empty name is a path
+FLAGS = {
+    "demo": {"--steps": {HUGE_INT}, "--out": PATH, "--device": set()},
+    "train": {
+        "--dataset": set(), "--grid": INT_POS, "--dim": INT_POS, "--model": set(), "--recipe": set(),
+        "--coupling": set(), "--time": set(), "--target": set(), "--steps": {HUGE_INT}, "--minutes": FLOAT_UNBOUNDED | {"2.5"},
+        "--batch-size": set(), "--lr": FLOAT_UNBOUNDED | {"2.5"}, "--seed": INT_NONNEG, "--out": PATH,
+        "--device": set(), "--hidden": INT_POS, "--depth": INT_NONNEG,
+    },
+    "sample": {
+        "--run": set(), "--n": INT_POS, "--solver": set(), "--nfe": INT_POS, "--label": INT_NONNEG,
+        "--seed": INT_NONNEG, "--out": set(), "--device": set(),
+    },
+    "eval": {"--run": set(), "--n": INT_POS, "--solver": set(), "--nfe": INT_POS, "--seed": INT_NONNEG,
+             "--n-nll": INT_POS, "--device": set()},
+}  # fmt: skip
+
+
+def base_args(command: str, run) -> list[str]:
+    if command == "demo":
+        return ["demo", "--device", "cpu"]
+    if command == "train":
+        return ["train", "--device", "cpu", "--quiet", "--out", "fresh-run"]
+    if command == "sample":
+        return ["sample", "--run", str(run), "--n", "4", "--out", "s.npz", "--device", "cpu"]
+    return ["eval", "--run", str(run), "--device", "cpu"]
+
+
+def call(argv) -> tuple[int | str, float]:
+    t0 = time.perf_counter()
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:
+        code = e.code
+    except Reached:
+        code = "reached"
+    return code, time.perf_counter() - t0
+
+
+def test_every_value_flag_is_in_the_table():
+    """A flag added later without a fuzz row fails here."""
+    parser = cli.build_parser()
+    subs = parser._subparsers._group_actions[0].choices
+    for command, flags in FLAGS.items():
+        valued = {a.option_strings[0] for a in subs[command]._actions if a.option_strings and a.nargs != 0 and a.option_strings[0] != "-h"}
+        assert valued == set(flags), command
+
+
+CASES = [(c, f) for c, flags in FLAGS.items() for f in flags]
+
+
+@pytest.mark.parametrize("command, flag", CASES, ids=[f"{c}{f}" for c, f in CASES])
+def test_fuzzed_flag(command, flag, fake_run, capsys):
+    base = base_args(command, fake_run)
+    if flag in base:  # the flag replaces the base value
+        i = base.index(flag)
+        base = base[:i] + base[i + 2 :]
+    problems = []
+    for value in BAD_VALUES:
+        code, seconds = call(base + [flag, value])
+        err = capsys.readouterr().err
+        if value in FLAGS[command][flag]:
+            if code != "reached":
+                problems.append(f"{flag} {value!r}: legal value refused ({code}): {err.strip()[-200:]}")
+            continue
+        named = (flag, flag.lstrip("-").replace("-", "_"), flag.lstrip("-"))
+        if code != 2 or "usage:" not in err or "Traceback" in err or not any(n in err for n in named):
+            problems.append(f"{flag} {value!r}: exit {code}, stderr {err.strip()[-200:]!r}")
+        elif seconds > 2.0:
+            problems.append(f"{flag} {value!r}: refused only after {seconds:.1f} s")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_fake_run_itself_is_accepted(fake_run, capsys):
+    """Control: with good values every command gets past the checks."""
+    for command in FLAGS:
+        code, _ = call(base_args(command, fake_run))
+        assert code == "reached", (command, capsys.readouterr().err)

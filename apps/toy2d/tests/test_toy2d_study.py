@@ -1,0 +1,295 @@
+"""Tests of the scaling study (fm_toy2d.study): steps-to-target extraction, censoring, the power-law
+fits (against closed forms), the CLI's usage errors and a tiny end-to-end study (seconds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+from PIL import Image
+
+from fm_toy2d.cli import main
+from fm_toy2d.study import (
+    EVAL_COLUMNS,
+    RUN_COLUMNS,
+    StudyConfig,
+    analyse,
+    fit_power_law,
+    fit_two_factors,
+    median_steps,
+    n_filled,
+    outcomes,
+    run_specs,
+    screen_threshold,
+    steps_to_target,
+)
+from fm_toy2d.study_plots import FIGURES
+
+
+def _row(run_id="r", recipe="default", grid=8, dim=2, seed=0, step=0, in_support=0.0, min_cell=None, max_steps=2000, stage="full"):
+    return {"run_id": run_id, "recipe": recipe, "grid": str(grid), "dim": str(dim), "n_filled": str(n_filled(grid, dim)),
+            "seed": str(seed), "batch_size": "512", "max_steps": str(max_steps), "step": str(step), "stage": stage,
+            "in_support": f"{in_support:.6g}", "min_cell_ratio": "" if min_cell is None else f"{min_cell:.6g}"}
+
+
+# ----------------------------------------------------------------------------- extraction
+def test_steps_to_target_is_the_first_evaluation_meeting_both_conditions():
+    # in_support(s) = 1 - 0.5 exp(-s / 500) passes 0.95 at s = 500 ln 10 = 1151.3; the smallest cell
+    # ratio s / 2000 passes 0.8 at s = 1600. Evaluations every 250 steps: the first one meeting both
+    # is ceil(1600 / 250) * 250 = 1750.
+    rows = [_row(step=s, in_support=1 - 0.5 * math.exp(-s / 500), min_cell=s / 2000) for s in range(250, 2001, 250)]
+    rows.append(_row(step=2250, in_support=0.5, min_cell=0.1))  # a later dip does not undo the first crossing
+    assert 500 * math.log(10) < 1250 and steps_to_target(rows[::-1]) == (1750, 2250)  # order of rows is irrelevant
+    # the cell condition alone: a run with in_support always 0.99 reaches at ceil(0.8 * 2000 / 250) * 250 as well
+    assert steps_to_target([_row(step=s, in_support=0.99, min_cell=s / 2000) for s in range(250, 2001, 250)])[0] == 1750
+    # exactly at the thresholds counts as met
+    assert steps_to_target([_row(step=100, in_support=0.95, min_cell=0.8)]) == (100, 100)
+
+
+def test_screen_rows_never_meet_the_target_and_censoring_keeps_the_last_step():
+    rows = [_row(step=s, in_support=0.99, stage="screen") for s in (100, 200, 300)]  # no cell ratio measured
+    assert steps_to_target(rows) == (None, 300)
+    assert steps_to_target([]) == (None, 0)
+
+
+def test_screen_threshold_is_three_binomial_standard_errors():
+    assert screen_threshold(500) == pytest.approx(0.95 - 3 * math.sqrt(0.95 * 0.05 / 500))
+    assert screen_threshold(500) == pytest.approx(0.92076, abs=1e-5)
+
+
+def test_outcomes_censoring_and_statuses():
+    evals = (
+        [_row("a", step=s, in_support=0.96, min_cell=0.5 + s / 1000) for s in (100, 200, 300, 400)]  # reaches at 300
+        + [_row("b", step=s, in_support=0.7, min_cell=0.3, max_steps=400) for s in (100, 200, 300, 400)]  # never: cap
+        + [_row("c", step=s, in_support=0.9, min_cell=0.9) for s in (100, 200)]  # stopped by the budget at 200
+        + [_row("d", step=100, in_support=0.9, min_cell=0.9)]  # interrupted: no record in runs.csv
+    )
+    runs = [{"run_id": "a", "status": "reached"}, {"run_id": "b", "status": "not-reached"},
+            {"run_id": "c", "status": "stopped"}, {"run_id": "e", "status": "skipped", "recipe": "default"}]
+    res = {o.run_id: o for o in outcomes(evals, runs)}
+    assert set(res) == {"a", "b", "c", "d"}  # the skipped run never trained: no outcome
+    assert (res["a"].steps, res["a"].censored_at, res["a"].status) == (300, None, "reached")
+    assert (res["b"].steps, res["b"].censored_at, res["b"].status) == (None, 400, "not-reached")
+    assert (res["c"].steps, res["c"].censored_at, res["c"].status) == (None, 200, "stopped")
+    assert (res["d"].steps, res["d"].censored_at, res["d"].status) == (None, 100, "incomplete")
+    assert res["a"].n_filled == 32 and res["a"].reached and not res["b"].reached
+
+
+def _outcome(steps=None, censored_at=None, seed=0):
+    from fm_toy2d.study import RunOutcome
+
+    return RunOutcome(run_id=f"r{seed}", recipe="default", grid=4, dim=2, n_filled=8, seed=seed, max_steps=3000,
+                      status="reached" if steps else "not-reached", steps=steps, censored_at=censored_at)
+
+
+def test_median_over_seeds_with_censoring():
+    o = _outcome
+    assert median_steps([o(300), o(100), o(200)]) == (200, "200")
+    assert median_steps([o(100), o(200), o(None, 3000)]) == (200, "200")  # a censored run counts as the largest
+    assert median_steps([o(100), o(None, 3000), o(None, 3000)]) == (None, ">3000")
+    assert median_steps([o(100), o(200), o(300), o(None, 3000)]) == (250, "250")
+    # stopped by the budget at 250, below a reached 300: its order is unknown, and so is the median
+    assert median_steps([o(100), o(300), o(None, 250)]) == (None, "?")
+    assert median_steps([]) == (None, "?")
+
+
+# ----------------------------------------------------------------------------- fits
+def test_power_law_fit_recovers_a_known_exponent():
+    cells = [8, 18, 32, 50, 72]
+    exact = fit_power_law(cells, [40.0 * c**1.5 for c in cells])
+    assert exact.coef[0] == pytest.approx(1.5, abs=1e-10) and math.exp(exact.intercept) == pytest.approx(40.0, rel=1e-9)
+    assert exact.low[0] == pytest.approx(1.5, abs=1e-6) and exact.high[0] == pytest.approx(1.5, abs=1e-6)
+    # three "seeds" per setting with log-noise -0.1, 0, +0.1: balanced at every x, so least squares
+    # gives exactly 1.5 again, now with an interval of positive width around it
+    x, y = [], []
+    for c in cells:
+        for e in (-0.1, 0.0, 0.1):
+            x.append(c)
+            y.append(40.0 * c**1.5 * math.exp(e))
+    noisy = fit_power_law(x, y)
+    assert noisy.coef[0] == pytest.approx(1.5, abs=1e-10) and noisy.n == 15
+    assert noisy.low[0] < 1.5 - 1e-3 and noisy.high[0] > 1.5 + 1e-3 and noisy.high[0] - noisy.low[0] < 0.5
+    assert math.exp(noisy.intercept + noisy.coef[0] * math.log(32)) == pytest.approx(40.0 * 32**1.5, rel=1e-9)
+
+
+def test_fits_need_identifiable_data():
+    assert fit_power_law([8, 8, 8], [100, 120, 140]) is None  # one setting: no slope
+    assert fit_power_law([8], [100]) is None
+    two = fit_power_law([8, 32], [100, 400])  # two points: slope exactly log 4 / log 4 = 1, no interval
+    assert two.coef[0] == pytest.approx(1.0) and two.low[0] is None
+
+
+def test_two_factor_fit_recovers_both_coefficients():
+    pts = [(g, d) for g in (2, 3, 4) for d in (2, 3, 4)]
+    cells = [n_filled(g, d) for g, d in pts]
+    dims = [d for _, d in pts]
+    fit = fit_two_factors(cells, dims, [10.0 * c**0.7 * math.exp(0.3 * d) for c, d in zip(cells, dims)])
+    assert fit.coef == pytest.approx([0.7, 0.3], abs=1e-9)
+    assert fit_two_factors([2, 4, 8], [2, 3, 4], [1.0, 2.0, 3.0]) is None  # cells = 2^(d-1): not separable
+
+
+# ----------------------------------------------------------------------------- configuration
+def test_settings_are_unique_and_runs_seed_major():
+    cfg = StudyConfig(grids=(4, 8), dims=(2, 3), both_grids=(2, 4), both_dims=(2, 3), seeds=2)
+    assert cfg.settings() == [(2, 2), (2, 3), (4, 2), (8, 2), (4, 3)]  # filled cells 2, 4, 8, 32, 32 (ties: lower dim first)
+    specs = run_specs(cfg)
+    assert len(specs) == 5 * 2 * 2 and {s.seed for s in specs[:10]} == {0} and specs[0].recipe != specs[1].recipe
+    assert cfg.n_eval(n_filled(8, 2)) == 200 * 32 and cfg.n_eval(2) == cfg.min_eval
+
+
+def test_default_study_covers_the_issue():
+    cfg = StudyConfig()
+    assert [n_filled(g, 2) for g in cfg.grids] == [8, 18, 32, 72]
+    assert min(cfg.dims) == 2 and max(cfg.dims) == 8 and cfg.seeds >= 3 and set(cfg.recipes) == {"default", "post"}
+    assert all(cfg.n_eval(n_filled(g, d)) >= 200 * n_filled(g, d) for g, d in cfg.settings())
+
+
+# ----------------------------------------------------------------------------- command line
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--grids", "1"], "--grids"),
+        (["--grids", "4,x"], "--grids"),
+        (["--recipes", "fancy"], "--recipes"),
+        (["--workers", "0"], "--workers"),
+        (["--seeds", "0"], "--seeds"),
+        (["--max-steps", "post=0"], "--max-steps"),
+        (["--max-steps", "nope=30"], "--max-steps"),
+        (["--batch-size", "1"], "--batch-size"),
+        (["--screen-n", "-1"], "--screen-n"),
+        (["--budget-minutes", "0"], "--budget-minutes"),
+        (["--dims", "30"], "too many to evaluate"),
+        (["--grids", "none", "--dims", "none", "--both-grids", "none"], "no settings"),
+    ],
+)
+def test_cli_usage_errors_exit_2(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["study", "--out", str(tmp_path / "s"), *args])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # nothing started
+
+
+def test_cli_refuses_an_existing_study_without_resume(tmp_path, capsys):
+    (tmp_path / "evaluations.csv").write_text(",".join(EVAL_COLUMNS) + "\n")
+    with pytest.raises(SystemExit) as e:
+        main(["study", "--quick", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--resume" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- end to end
+TINY = ["--quick", "--seeds", "1", "--max-steps", "default=20,post=10", "--eval-every", "10", "--hidden", "8",
+        "--depth", "1", "--quiet", "--workers", "1"]
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["study", "--out", str(out), *TINY]) == 0
+    for name in ("evaluations.csv", "runs.csv", "summary.txt", "summary.json", "study.json", *FIGURES):
+        assert (out / name).stat().st_size > 0, name
+    for name in FIGURES:
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
+    evals, runs = _read(out / "evaluations.csv"), _read(out / "runs.csv")
+    assert list(evals[0]) == list(EVAL_COLUMNS) and list(runs[0]) == list(RUN_COLUMNS)
+    boards = {(4, 2), (2, 2), (2, 3)}  # --quick: grid 4 in 2D, grid 2 in 2D and 3D
+    assert {(int(r["grid"]), int(r["dim"])) for r in runs} == boards and len(runs) == 3 * 2
+    for r in runs:
+        rows = [e for e in evals if e["run_id"] == r["run_id"]]
+        cap = int(r["max_steps"])
+        if r["status"] == "not-reached":  # evaluated every 10 steps up to the cap, no duplicate at the end
+            assert [int(e["step"]) for e in rows] == list(range(10, cap + 1, 10))
+        cells = int(r["n_filled"])
+        assert cells == (int(r["grid"]) ** int(r["dim"]) + 1) // 2
+        for e in rows:
+            expected_n = 300 if e["stage"] == "screen" else max(200 * cells, 1000)
+            assert int(e["n_samples"]) == expected_n and 0.0 <= float(e["in_support"]) <= 1.0
+            assert (e["solver"], e["nfe"]) == (("midpoint", "8") if r["recipe"] == "default" else ("euler", "100"))
+    assert not (out / "runs" / runs[0]["run_id"] / "checkpoint").exists()  # checkpoints are deleted
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["runs"]) == 6 and set(summary["fits"]) == {"default", "post"}
+    assert "QUICK MODE" in (out / "summary.txt").read_text()
+    capsys.readouterr()
+
+    # resume: a finished study trains nothing more; a run whose record is lost is trained again,
+    # and its old evaluation rows are replaced (not duplicated)
+    lost = runs[-1]["run_id"]
+    with open(out / "runs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
+        w.writeheader()
+        w.writerows(r for r in runs if r["run_id"] != lost)
+    assert main(["study", "--out", str(out), *TINY, "--resume"]) == 0
+    assert "5 runs finished, 1 to do" in capsys.readouterr().out
+    evals2, runs2 = _read(out / "evaluations.csv"), _read(out / "runs.csv")
+    assert len(runs2) == 6 and sorted(r["run_id"] for r in runs2) == sorted(r["run_id"] for r in runs)
+    assert len(evals2) == len(evals)
+    assert [e["step"] for e in evals2 if e["run_id"] == lost] == [e["step"] for e in evals if e["run_id"] == lost]
+
+    # resuming with settings that change the numbers is refused
+    with pytest.raises(SystemExit) as e:
+        main(["study", "--out", str(out), *TINY, "--resume", "--eval-every", "5"])
+    assert e.value.code == 2 and "eval_every" in capsys.readouterr().err
+
+
+def test_spent_budget_skips_runs_and_still_writes_the_files(tmp_path):
+    out = tmp_path / "study"
+    assert main(["study", "--out", str(out), *TINY, "--budget-minutes", "1e-9"]) == 0
+    runs = _read(out / "runs.csv")
+    assert len(runs) == 6 and {r["status"] for r in runs} == {"skipped"}
+    assert _read(out / "evaluations.csv") == []
+    for name in FIGURES:
+        assert (out / name).exists()
+    assert "6 skipped" in (out / "summary.txt").read_text()
+
+
+def test_analyse_fits_reached_runs_only(tmp_path):
+    """analyse() on a synthetic study: steps = 25 * cells^1.2 for reached runs; a censored run at a
+    much lower step must not pull the exponent."""
+    cfg = StudyConfig(recipes=("default",), grids=(4, 6, 8), dims=(), both_grids=(), both_dims=(), seeds=2)
+    (tmp_path / "study.json").write_text(json.dumps(cfg.to_dict()))
+    evals, runs = [], []
+    for g in (4, 6, 8):
+        for seed in (0, 1):
+            rid = f"default-g{g}-d2-s{seed}"
+            cells = n_filled(g, 2)
+            if g == 8 and seed == 1:  # censored at step 100 < 25 * 32^1.2
+                evals.append(_row(rid, grid=g, seed=seed, step=100, in_support=0.5, min_cell=0.1))
+                runs.append({"run_id": rid, "status": "stopped"})
+                continue
+            s = 25.0 * cells**1.2
+            evals.append(_row(rid, grid=g, seed=seed, step=int(s) - 1, in_support=0.9, min_cell=0.5))
+            evals.append(_row(rid, grid=g, seed=seed, step=s, in_support=0.97, min_cell=0.9))
+            runs.append({"run_id": rid, "status": "reached"})
+    for name, cols, rows in (("evaluations.csv", EVAL_COLUMNS, evals), ("runs.csv", RUN_COLUMNS, runs)):
+        with open(tmp_path / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore", restval="")
+            w.writeheader()
+            w.writerows(rows)
+    analyse(tmp_path)
+    # steps are written as "%g" of floats and read back exactly as int(float(...)), so the fit sees
+    # int(25 * c^1.2): the slope is 1.2 up to that truncation
+    fit = json.loads((tmp_path / "summary.json").read_text())["fits"]["default"]["modes"]
+    assert fit["n"] == 5 and fit["coef"][0] == pytest.approx(1.2, abs=0.01)
+    text = (tmp_path / "summary.txt").read_text()
+    assert ">100" in text and "cells^1.20" in text and "1 censored left out" in text
+
+
+@pytest.mark.slow
+def test_two_worker_processes_write_the_same_kind_of_study(tmp_path):
+    """--workers 2: runs in spawned processes (one torch thread each), rows sent back to one writer."""
+    out = tmp_path / "study"
+    assert main(["study", "--out", str(out), *TINY[:-2], "--workers", "2"]) == 0
+    runs, evals = _read(out / "runs.csv"), _read(out / "evaluations.csv")
+    assert len(runs) == 6 and {r["status"] for r in runs} <= {"reached", "not-reached"}
+    for r in runs:  # every run's rows arrived, each step once
+        steps = [int(e["step"]) for e in evals if e["run_id"] == r["run_id"]]
+        assert steps == sorted(set(steps)) and steps[-1] == int(r["last_step"])
+    for name in FIGURES:
+        assert (out / name).stat().st_size > 0
