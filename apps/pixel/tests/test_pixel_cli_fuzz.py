@@ -42,7 +42,7 @@ def no_work(monkeypatch, tmp_path):
 
 @pytest.fixture
 def fake_run(tmp_path):
-    """A conditional run directory (default recipe: label dropout 0.1, midpoint NFE 10, all classes):
+    """A conditional run directory (default recipe: label dropout 0.1, Euler NFE 10, all classes):
     enough for the argument checks of sample and eval."""
     run = tmp_path / "run"
     (run / "checkpoint").mkdir(parents=True)

@@ -68,14 +68,14 @@ RECIPES: dict[str, dict[str, Any]] = {
         time="logit-normal",
         coupling="independent",
         label_dropout=0.1,
-        batch_size=128,
+        batch_size=64,
         lr=2e-3,
         weight_decay=0.0,
         schedule="constant",
         warmup_steps=100,
         grad_clip=1.0,
         ema_decay=0.999,
-        solver="midpoint",
+        solver="euler",
         nfe=10,
         guidance=2.0,
     ),
@@ -174,7 +174,7 @@ class PixelConfig:
     time: str = "logit-normal"
     coupling: str = "independent"
     label_dropout: float = 0.1
-    batch_size: int = 128
+    batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 0.0
     schedule: str = "constant"
@@ -182,7 +182,7 @@ class PixelConfig:
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
     seed: int = 0
-    solver: str = "midpoint"
+    solver: str = "euler"
     nfe: int = 10
     guidance: float = 2.0
 
