@@ -399,7 +399,6 @@ def _load(args: argparse.Namespace):
 
 
 def _cmd_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    import numpy as np
 
     for flag, path, suffix in (("--out", args.out, ".npz"), ("--grid", args.grid, ".png"), ("--gif", args.gif, ".gif")):
         if path is not None and path.suffix.lower() != suffix:
@@ -410,7 +409,8 @@ def _cmd_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     from fm_latent import LatentCacheError, LatentVAEError
     from fm_train import CheckpointError
 
-    from .pictures import save_gif, save_grid
+    from fm_pixel.sampling import write_samples
+
     from .sampling import generate
 
     try:
@@ -422,21 +422,7 @@ def _cmd_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     res = generate(model, vae, cfg, args.n, solver=solver, nfe=nfe, guidance=guidance, label=args.label, seed=args.seed,
                    batch_size=max(args.batch_size, n_grid if args.gif else 1), trajectory_for=n_grid if args.gif else 0,
                    device=device)
-    arrays = {"images": res.images.numpy()}
-    if res.labels is not None:
-        arrays["labels"] = res.labels.numpy()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.stem}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(args.out)
-    written = [str(args.out)]
-    if args.grid is not None:
-        written.append(str(save_grid(res.images[:n_grid], args.grid, ncol)))
-    if args.gif is not None:
-        written.append(str(save_gif(res.trajectory, args.gif, ncol)))
-    what = f"labels {sorted(set(res.labels.tolist()))}" if res.labels is not None else "unconditional"
-    print(f"sampled {args.n} images ({what}; {solver}, NFE {res.nfe}, guidance {res.guidance:g}) in {res.seconds:.1f} s "
-          f"-> {', '.join(written)}")
+    print(write_samples(res, args.out, grid=args.grid, gif=args.gif, ncol=ncol, n_grid=n_grid))
     return 0
 
 

@@ -13,7 +13,6 @@ message and exit with status 1; Ctrl-C exits with 130 (``--resume`` continues th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -398,7 +397,6 @@ def _load_model(args: argparse.Namespace):
 
 
 def _cmd_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     if args.out.suffix != ".npz":
@@ -419,8 +417,7 @@ def _cmd_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
 
     from fm_train import CheckpointError
 
-    from .pictures import save_gif, save_grid
-    from .sampling import generate
+    from .sampling import generate, write_samples
 
     try:
         model, device = _load_model(args)
@@ -431,21 +428,7 @@ def _cmd_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     res = generate(model, cfg, args.n, solver=solver, nfe=nfe, guidance=guidance, label=args.label, seed=args.seed,
                    batch_size=max(args.batch_size, n_grid if args.gif else 1),
                    trajectory_for=n_grid if args.gif else 0, device=device)
-    arrays = {"images": res.images.numpy()}
-    if res.labels is not None:
-        arrays["labels"] = res.labels.numpy()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.stem}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(args.out)
-    written = [str(args.out)]
-    if args.grid is not None:
-        written.append(str(save_grid(res.images[:n_grid], args.grid, ncol)))
-    if args.gif is not None:
-        written.append(str(save_gif(res.trajectory, args.gif, ncol)))
-    what = f"labels {sorted(set(res.labels.tolist()))}" if res.labels is not None else "unconditional"
-    print(f"sampled {args.n} images ({what}; {solver}, NFE {res.nfe}, guidance {res.guidance:g}) in {res.seconds:.1f} s "
-          f"-> {', '.join(written)}")
+    print(write_samples(res, args.out, grid=args.grid, gif=args.gif, ncol=ncol, n_grid=n_grid))
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +21,7 @@ from fm_data.images import to_uint8
 
 from .config import NUM_CLASSES, PixelConfig
 
-__all__ = ["SampleResult", "balanced_labels", "generate"]
+__all__ = ["SampleResult", "balanced_labels", "generate", "write_samples"]
 
 
 @dataclass
@@ -116,3 +117,29 @@ def generate(
         images=torch.cat(out), labels=labels, trajectory=frames, nfe=used_nfe, seconds=seconds,
         solver=solver, guidance=guidance,
     )  # fmt: skip
+
+
+def write_samples(res: SampleResult, out: Path, *, grid: Path | None = None, gif: Path | None = None,
+                  ncol: int | None = None, n_grid: int = 100) -> str:
+    """Write ``res`` as the npz of the sample commands (``images`` uint8 [N, 28, 28], ``labels``
+    int64 [N] when conditional; written atomically), the first ``n_grid`` images as a PNG grid and
+    the trajectory as a GIF when asked; returns the one-line summary the CLIs print."""
+    import numpy as np
+
+    from .pictures import save_gif, save_grid
+
+    arrays = {"images": res.images.numpy()}
+    if res.labels is not None:
+        arrays["labels"] = res.labels.numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(out)
+    written = [str(out)]
+    if grid is not None:
+        written.append(str(save_grid(res.images[:n_grid], grid, ncol)))
+    if gif is not None:
+        written.append(str(save_gif(res.trajectory, gif, ncol)))
+    what = f"labels {sorted(set(res.labels.tolist()))}" if res.labels is not None else "unconditional"
+    return (f"sampled {len(res.images)} images ({what}; {res.solver}, NFE {res.nfe}, guidance {res.guidance:g}) "
+            f"in {res.seconds:.1f} s -> {', '.join(written)}")
