@@ -432,8 +432,7 @@ def _cmd_eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
     from fm_data.images import DataError
     from fm_latent import LatentCacheError, LatentVAEError
-    from fm_pixel.evaluation import score_samples
-    from fm_pixel.training import machine_load, update_metrics
+    from fm_pixel.evaluation import record_eval, score_samples
     from fm_train import CheckpointError
 
     from .sampling import generate
@@ -444,13 +443,7 @@ def _cmd_eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         scores = score_samples(res, cfg, data_dir=args.data_dir, device=device)
     except (CheckpointError, DataError, LatentCacheError, LatentVAEError, FileNotFoundError, ValueError) as e:
         return _error("eval", str(e))
-    record = {"n": args.n, "solver": solver, "nfe": res.nfe, "guidance": res.guidance, "seed": args.seed, **scores,
-              "sampling_seconds": round(res.seconds, 2), "machine": machine_load(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    path = update_metrics(args.run, "eval", record, append=True)
-    acc = f", label accuracy {record['label_accuracy']:.3f}" if "label_accuracy" in record else ""
-    print(f"FID {record['fid']:.2f} ({record['fid_n_samples']} samples vs {record['fid_n_reference']} {record['fid_reference']}){acc}, "
-          f"classes present {record['coverage']['classes_present']}, min coverage ratio {record['coverage']['min_ratio']:.2f} "
-          f"({solver}, NFE {res.nfe}, guidance {res.guidance:g}) -> {path}")
+    print(record_eval(args.run, res, scores, n=args.n, seed=args.seed))
     return 0
 
 

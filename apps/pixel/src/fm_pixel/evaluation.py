@@ -18,7 +18,7 @@ import torch
 from .config import PixelConfig
 from .sampling import SampleResult
 
-__all__ = ["score_samples"]
+__all__ = ["record_eval", "score_samples"]
 
 
 def score_samples(
@@ -58,3 +58,21 @@ def score_samples(
     }  # fmt: skip
     out["scoring_seconds"] = round(time.perf_counter() - t0, 2)
     return out
+
+
+def record_eval(run_dir: Path, samples: SampleResult, scores: dict[str, Any], *, n: int, seed: int) -> str:
+    """Append the scores of ``samples`` (with how they were drawn and the machine's load) to
+    RUN/metrics.json under ``"eval"``; return the one-line summary the eval commands print."""
+    from .training import machine_load, update_metrics
+
+    record = {
+        "n": n, "solver": samples.solver, "nfe": samples.nfe, "guidance": samples.guidance, "seed": seed,
+        **scores, "sampling_seconds": round(samples.seconds, 2), "machine": machine_load(),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }  # fmt: skip
+    path = update_metrics(run_dir, "eval", record, append=True)
+    acc = f", label accuracy {record['label_accuracy']:.3f}" if "label_accuracy" in record else ""
+    return (f"FID {record['fid']:.2f} ({record['fid_n_samples']} samples vs {record['fid_n_reference']} "
+            f"{record['fid_reference']}){acc}, classes present {record['coverage']['classes_present']}, "
+            f"min coverage ratio {record['coverage']['min_ratio']:.2f} "
+            f"({samples.solver}, NFE {samples.nfe}, guidance {samples.guidance:g}) -> {path}")
