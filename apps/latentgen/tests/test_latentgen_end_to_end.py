@@ -124,3 +124,22 @@ def test_a_run_refuses_a_vae_that_was_swapped(pipeline, tmp_path, capsys):
     shutil.copytree(pipeline / "vae" / "vae", run / "vae")
     assert main(["sample", "--run", str(run), "--n", "2", "--out", str(tmp_path / "x.npz"), "--device", "cpu"]) == 1
     assert "encoded by another VAE" in capsys.readouterr().err
+
+
+def test_resume_continues_exactly(pipeline, tmp_path, capsys):
+    """2 steps, then --resume to 4 (taking only the 2 missing steps), ends with the same weights and
+    EMA as 4 steps in one go."""
+    from safetensors.torch import load_file
+
+    common = ["--conditional", "--classes", "3,5", "--sample-every", "100", *TINY_DIT]
+    lat = str(pipeline / "lat")
+    assert main(["train", "--latents", lat, "--steps", "4", "--out", str(tmp_path / "once"), *common]) == 0
+    assert main(["train", "--latents", lat, "--steps", "2", "--out", str(tmp_path / "twice"), *common]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--steps", "4", "--out", str(tmp_path / "twice"), "--quiet", "--device", "cpu"]) == 0
+    assert "trained 4 steps (2 now" in capsys.readouterr().out
+    for name in ("model.safetensors", "ema.safetensors"):
+        a = load_file(tmp_path / "once" / "checkpoint" / name)
+        b = load_file(tmp_path / "twice" / "checkpoint" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert json.loads((tmp_path / "twice" / "metrics.json").read_text())["train"]["steps"] == 4

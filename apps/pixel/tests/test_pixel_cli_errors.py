@@ -38,6 +38,8 @@ def run(argv, capsys) -> tuple[int, str]:
         (["train", "--solver", "midpoint", "--nfe", "7"], "nfe=7"),
         (["train", "--guidance", "2"], "guidance"),  # unconditional
         (["train", "--net", "mlp", "--channels", "8,16"], "--channels"),
+        (["train", "--net", "dit", "--res-blocks", "2"], "--res-blocks"),
+        (["train", "--net", "dit", "--patch-size", "3"], "patch"),
         (["train", "--device", "tpu"], "tpu"),
         (["train", "--bf16", "--device", "cpu"], "--bf16"),
         (["train", "--resume"], "--resume needs --out"),

@@ -72,12 +72,27 @@ def test_config_validation_names_the_value():
 
 
 def test_build_model_shapes():
-    for net, extra in (("unet", {"channels": [8, 16]}), ("mlp", {"hidden": 16, "depth": 1})):
+    for net, extra in (("unet", {"channels": [8, 16]}), ("mlp", {"hidden": 16, "depth": 1}),
+                       ("dit", {"hidden_size": 16, "depth": 1, "num_heads": 2})):
         cfg = make_config("mnist", net=net, conditional=True, net_config=extra)
         m = build_model(cfg)
         s = cfg.model_size
         x = torch.randn(3, 1, s, s)
         assert m(x, torch.rand(3), torch.tensor([0, 9, 10])).shape == x.shape
+
+
+def test_dit_patch_sizes_pad_only_when_needed():
+    # 28 = 14 x 2 = 7 x 4: no padding; 8 does not divide 28 but divides 32: pad; 3 divides neither
+    small = {"hidden_size": 16, "depth": 1, "num_heads": 2}
+    for patch, size in ((2, 28), (4, 28), (7, 28), (8, 32)):
+        cfg = make_config("mnist", net="dit", net_config={**small, "patch_size": patch})
+        assert cfg.model_size == size
+        m = build_model(cfg)
+        assert m.grid == (size // patch, size // patch)
+        x = torch.randn(2, 1, size, size)
+        assert m(x, torch.rand(2)).shape == x.shape
+    with pytest.raises(ValueError, match="net_config"):
+        make_config("mnist", net="dit", net_config={**small, "patch_size": 3})
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -18,6 +18,7 @@ from fm_toy2d.study import (
     analyse,
     fit_power_law,
     fit_two_factors,
+    hopeless,
     median_steps,
     n_filled,
     outcomes,
@@ -57,6 +58,15 @@ def test_screen_rows_never_meet_the_target_and_censoring_keeps_the_last_step():
 def test_screen_threshold_is_three_binomial_standard_errors():
     assert screen_threshold(500) == pytest.approx(0.95 - 3 * math.sqrt(0.95 * 0.05 / 500))
     assert screen_threshold(500) == pytest.approx(0.92076, abs=1e-5)
+
+
+def test_hopeless_only_past_half_the_cap_and_when_the_rate_cannot_reach_the_target():
+    # cap 5000, rate 0.05 per 1000 steps: at step 3000 the run can still gain 0.10, so it needs >= 0.85
+    assert hopeless(0.849, 3000, 5000, 0.05) and not hopeless(0.851, 3000, 5000, 0.05)
+    assert not hopeless(0.10, 2499, 5000, 0.05)  # first half: never
+    assert hopeless(0.10, 2500, 5000, 0.05)
+    assert not hopeless(0.10, 5000, 5000, 0.05)  # at the cap the run ends as not-reached
+    assert not hopeless(0.10, 4000, 5000, 0.0)  # rate 0 turns the rule off
 
 
 def test_outcomes_censoring_and_statuses():
@@ -236,6 +246,19 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["study", "--out", str(out), *TINY, "--resume", "--eval-every", "5"])
     assert e.value.code == 2 and "eval_every" in capsys.readouterr().err
+
+
+def test_a_far_off_run_stops_as_hopeless_at_half_its_cap(tmp_path):
+    # a 2-step-trained net is nowhere near 95% in filled cells; with a tiny futility rate the first
+    # evaluation at or past half the cap (40 -> step 20) stops it
+    out = tmp_path / "study"
+    assert main(["study", "--out", str(out), *TINY, "--recipes", "default", "--grids", "none", "--dims", "3",
+                 "--max-steps", "default=40", "--futility-rate", "0.001"]) == 0
+    (run,) = _read(out / "runs.csv")
+    evals = _read(out / "evaluations.csv")
+    assert run["status"] == "hopeless" and run["last_step"] == "20" and run["steps_to_target"] == ""
+    assert [e["step"] for e in evals] == ["10", "20"] and float(evals[-1]["in_support"]) < 0.95 - 0.001 * 20 / 1000
+    assert "'hopeless'" in (out / "summary.txt").read_text()
 
 
 def test_spent_budget_skips_runs_and_still_writes_the_files(tmp_path):

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 __all__ = ["build_parser", "main"]
 
 DATASETS = ("mnist", "fashion-mnist")  # == fm_data.images.IMAGE_DATASETS
-NETS = ("unet", "mlp")
+NETS = ("unet", "mlp", "dit")
 RECIPES = ("default", "mit", "post")
 SOLVERS = ("euler", "midpoint", "heun", "rk4")
 EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "the recipe's value (see the README for the defaults and why).")
     t.add_argument("--dataset", choices=DATASETS, default=None, help="default fashion-mnist")
     t.add_argument("--classes", type=_classes, default=None, help="train on these class ids only, e.g. 3 or 3,5")
-    t.add_argument("--net", choices=NETS, default=None, help="velocity network (default unet)")
+    t.add_argument("--net", choices=NETS, default=None, help="velocity network: unet (default), mlp or dit (fm_nets.DiT, 2x2 patches)")
     t.add_argument("--conditional", action="store_true", default=None, help="class-conditional model (guidance possible)")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: 3000 unless --minutes)")
@@ -153,9 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     adv.add_argument("--ema-decay", type=unit_float, default=None)
     adv.add_argument("--channels", type=_channels, default=None, help="U-Net widths per level, e.g. 32,64,128")
     adv.add_argument("--res-blocks", type=_int_at_least(1, "a positive integer", 16), default=None, help="U-Net residual blocks per level")
-    adv.add_argument("--patch-size", type=_int_at_least(1, "a positive integer", 28), default=None, help="U-Net pixel-unshuffle patch (1, 2, 4)")
-    adv.add_argument("--hidden", type=_int_at_least(1, "a positive integer", MAX_WIDTH), default=None, help="MLP width")
-    adv.add_argument("--depth", type=_int_at_least(0, "an integer >= 0", 256), default=None, help="MLP blocks")
+    adv.add_argument("--patch-size", type=_int_at_least(1, "a positive integer", 28), default=None, help="U-Net pixel-unshuffle patch (1, 2, 4); DiT patch side (2, 4, 7)")
+    adv.add_argument("--hidden", type=_int_at_least(1, "a positive integer", MAX_WIDTH), default=None, help="MLP width; DiT token width")
+    adv.add_argument("--depth", type=_int_at_least(0, "an integer >= 0", 256), default=None, help="MLP blocks; DiT blocks")
     adv.add_argument("--solver", choices=SOLVERS, default=None, help="the run's default sampler")
     adv.add_argument("--nfe", type=count_int, default=None, help="the run's default NFE")
     adv.add_argument("--guidance", type=finite_float, default=None, help="the run's default guidance scale")
@@ -202,16 +202,20 @@ def _check_data_dir(parser: argparse.ArgumentParser, data_dir: Path | None) -> N
         parser.error(f"--data-dir {str(data_dir)!r} is not a directory (it should hold mnist/ and fashion-mnist/)")
 
 
+#: Which network flags apply to which --net (argparse dest -> the network's keyword argument).
+NET_FLAGS = {
+    "unet": {"channels": "channels", "res_blocks": "num_res_blocks", "patch_size": "patch_size"},
+    "mlp": {"hidden": "hidden", "depth": "depth"},
+    "dit": {"patch_size": "patch_size", "hidden": "hidden_size", "depth": "depth"},
+}
+
+
 def _net_overrides(args: argparse.Namespace, net: str) -> dict[str, Any]:
-    unet = {"channels": args.channels, "num_res_blocks": args.res_blocks, "patch_size": args.patch_size}
-    mlp = {"hidden": args.hidden, "depth": args.depth}
-    mine, other = (unet, mlp) if net == "unet" else (mlp, unet)
-    given_other = [k for k, v in other.items() if v is not None]
+    mine = NET_FLAGS[net]
+    given_other = [dest for dest in NET_ARGS if dest not in mine and getattr(args, dest) is not None]
     if given_other:
-        flags = {"channels": "--channels", "num_res_blocks": "--res-blocks", "patch_size": "--patch-size",
-                 "hidden": "--hidden", "depth": "--depth"}
-        raise ValueError(f"{', '.join(flags[k] for k in given_other)} do not apply to --net {net}")
-    return {k: v for k, v in mine.items() if v is not None}
+        raise ValueError(f"{', '.join('--' + d.replace('_', '-') for d in given_other)} do not apply to --net {net}")
+    return {kw: getattr(args, dest) for dest, kw in mine.items() if getattr(args, dest) is not None}
 
 
 def _config_from_args(args: argparse.Namespace):

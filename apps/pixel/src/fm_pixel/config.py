@@ -44,7 +44,7 @@ __all__ = [
 
 NUM_CLASSES = 10  # both data sets; labels keep their original ids, also for --classes subsets
 IMAGE_SIZE = 28
-NETS = ("unet", "mlp")
+NETS = ("unet", "mlp", "dit")
 COUPLINGS = ("independent", "ot")
 TIMES = ("uniform", "logit-normal")
 SOLVERS = ("euler", "midpoint", "heun", "rk4")
@@ -55,6 +55,8 @@ SCHEDULES = ("constant", "cosine")
 NET_DEFAULTS: dict[str, dict[str, Any]] = {
     "unet": dict(channels=[32, 64, 128], num_res_blocks=1, attention=True, patch_size=2, mid_blocks=1),
     "mlp": dict(hidden=1024, depth=4, time_dim=128, activation="silu", time_embedding="sinusoidal", residual=True),
+    # 28x28 pixels in 2x2 patches: 196 tokens (fm-latentgen's tiny DiT, one input channel)
+    "dit": dict(in_channels=1, patch_size=2, hidden_size=128, depth=6, num_heads=4, mlp_ratio=4.0),
 }
 
 #: Training budget in optimizer steps when neither --steps nor --minutes is given.
@@ -205,6 +207,8 @@ class PixelConfig:
     @property
     def size_factor(self) -> int:
         """How much the network shrinks the image (H and W must be divisible by it)."""
+        if self.net == "dit":
+            return int(self.net_config.get("patch_size", 2))
         if self.net != "unet":
             return 1
         levels = len(self.net_config.get("channels", [32, 64, 128]))

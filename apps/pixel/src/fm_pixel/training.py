@@ -86,6 +86,8 @@ def build_model(cfg: PixelConfig) -> nn.Module:
     kw = dict(cfg.net_config)
     if cfg.net == "mlp":
         kw["dim"] = cfg.model_size**2
+    elif cfg.net == "dit":
+        kw["input_size"] = cfg.model_size
     return build_net(cfg.net, num_classes=cfg.num_classes, **kw)
 
 
