@@ -174,7 +174,9 @@ def _run_dir(parser: argparse.ArgumentParser, args: argparse.Namespace, prefix: 
     out: Path = args.out or Path("runs") / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and not out.is_dir():
         parser.error(f"--out {str(out)!r} exists and is not a directory")
-    if not args.resume and ((out / "checkpoint").exists() or (out / "config.json").exists()):
+    from fm_train.distributed import checks_files
+
+    if not args.resume and checks_files() and ((out / "checkpoint").exists() or (out / "config.json").exists()):
         parser.error(f"--out {str(out)!r} already holds a run; pass --resume to continue it or choose another directory")
     return out
 
@@ -186,8 +188,13 @@ def _interrupted(command: str, out: Path) -> int:
 
 # ----------------------------------------------------------------------------- commands
 def _cmd_train_vae(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from fm_train.distributed import launched_by_torchrun
+
     from .config import VAEConfig
 
+    if launched_by_torchrun():
+        parser.error("train-vae trains in one process (a few CPU minutes; its loss calls encode/decode, not the "
+                     "forward that DDP wraps); run it without torchrun")
     _setup(parser, args)
     out = _run_dir(parser, args, f"vae-{args.dataset}")
     if args.resume and (out / "config.json").is_file():
@@ -323,14 +330,23 @@ def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         parser.error(str(e))
 
     from fm_latent import LatentCacheError, LatentVAEError
-    from fm_train import CheckpointError, TrainingDivergedError
+    from fm_train import CheckpointError, TrainingDivergedError, distributed
 
+    problem = distributed.launch_problem(cfg.batch_size, args.out is not None)
+    if problem:
+        parser.error(problem)
     try:
+        info, _ = distributed.setup(tcfg.device)
+        if info.world_size > 1:
+            print(f"fm-latentgen train: {info.world_size} processes (DDP), {cfg.batch_size // info.world_size} of the "
+                  f"batch of {cfg.batch_size} each", flush=True)
         summary = train_latent(cfg, out, tcfg, latents_dir=latents, resume=args.resume, grid_fn=_grid_fn(cfg, out))
     except (TrainingDivergedError, CheckpointError, LatentCacheError, LatentVAEError, ValueError) as e:
         return _error("train", str(e))
     except KeyboardInterrupt:
         return _interrupted("train", out)
+    finally:
+        distributed.cleanup()
     r = summary.result
     loss = f"{r.final_loss:.4f}" if r.final_loss is not None else "n/a"
     print(f"trained {r.steps} steps ({r.steps_this_call} now, {r.seconds:.0f} s, {summary.images_per_s:.0f} images/s "

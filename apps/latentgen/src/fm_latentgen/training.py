@@ -31,7 +31,7 @@ from fm_latent import LatentVAE, load_latent_cache, pad_to_multiple, small_autoe
 from fm_latent.cache import check_vae_identity
 from fm_nets import build_net
 from fm_pixel.training import TrainSummary, machine_load, make_loss_fn, update_metrics
-from fm_train import Trainer, TrainConfig, load_model_for_sampling, resolve_device
+from fm_train import Trainer, TrainConfig, dist_info, load_model_for_sampling, resolve_device
 from fm_train.checkpoint import CheckpointError, read_json
 
 from .config import IMAGE_SIZE, LatentConfig, VAEConfig
@@ -216,7 +216,8 @@ def train_latent(cfg: LatentConfig, run_dir: str | Path, tcfg: TrainConfig, *, l
         torch.manual_seed(cfg.seed)
         model = build_net(cfg.net, num_classes=cfg.num_classes, **cfg.net_config)
     identity = vae.identity()
-    if not resume or not (run_dir / VAE_DIR).is_dir():
+    main = dist_info().is_main  # under torchrun only rank 0 writes
+    if main and (not resume or not (run_dir / VAE_DIR).is_dir()):
         vae.save_pretrained(run_dir / VAE_DIR)
     device = resolve_device(tcfg.device)
     extra = {"app": APP_FORMAT, "latent": cfg.to_dict(), "net": {"name": cfg.net, "config": model.config}, "vae": identity,
@@ -228,8 +229,9 @@ def train_latent(cfg: LatentConfig, run_dir: str | Path, tcfg: TrainConfig, *, l
     summary = TrainSummary(result=result, images_per_s=result.steps_this_call * cfg.batch_size / max(result.seconds, 1e-9),
                            num_params=sum(p.numel() for p in model.parameters()), device=str(trainer.device))
     record = {**summary.to_dict(), "machine": {**machine_load(), "loadavg_1min_at_start": load_before},
-              "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    update_metrics(run_dir, "train", record)
+              "time": time.strftime("%Y-%m-%d %H:%M:%S"), "processes": trainer.world_size}
+    if main:
+        update_metrics(run_dir, "train", record)
     return summary
 
 

@@ -311,7 +311,9 @@ def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
             parser.error(f"--out {str(out)!r}: {e}")
         cfg = _resume_config(parser, args, stored)
     else:
-        if not args.resume and ((out / "checkpoint").exists() or (out / "config.json").exists()):
+        from fm_train.distributed import checks_files
+
+        if not args.resume and checks_files() and ((out / "checkpoint").exists() or (out / "config.json").exists()):
             parser.error(f"--out {str(out)!r} already holds a run; pass --resume to continue it or choose another directory")
         try:
             cfg = _config_from_args(args)
@@ -337,9 +339,16 @@ def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         torch.set_num_threads(args.threads)
 
     from fm_data.images import DataError
-    from fm_train import CheckpointError, TrainingDivergedError
+    from fm_train import CheckpointError, TrainingDivergedError, distributed
 
+    problem = distributed.launch_problem(cfg.batch_size, args.out is not None)
+    if problem:
+        parser.error(problem)
     try:
+        info, _ = distributed.setup(tcfg.device)
+        if info.world_size > 1:
+            print(f"fm-pixel train: {info.world_size} processes (DDP), {cfg.batch_size // info.world_size} of the batch of "
+                  f"{cfg.batch_size} each", flush=True)
         summary = train(cfg, out, tcfg, data_dir=args.data_dir, resume=args.resume, grid_fn=_grid_fn(cfg))
     except TrainingDivergedError as e:
         return _error("train", str(e))
@@ -348,6 +357,8 @@ def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     except KeyboardInterrupt:
         print(f"\nfm-pixel train: interrupted; continue with: fm-pixel train --out {out} --resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.cleanup()
     r = summary.result
     loss = f"{r.final_loss:.4f}" if r.final_loss is not None else "n/a"
     print(f"trained {r.steps} steps ({r.steps_this_call} now, {r.seconds:.0f} s, {summary.images_per_s:.0f} images/s "

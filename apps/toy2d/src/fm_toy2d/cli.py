@@ -244,7 +244,9 @@ def _train_fm(cfg, out: Path, *, pictures: bool, progress: bool) -> None:
     result = train(cfg, out, progress=progress)
     print(f"fm-toy2d: trained {result.steps} steps in {result.seconds:.1f} s ({result.steps_this_call / max(result.seconds, 1e-9):.1f} steps/s), "
           f"final loss {result.final_loss:.4f}", flush=True)
-    if pictures:
+    from fm_train import dist_info
+
+    if pictures and dist_info().is_main:
         run = load_run(out, device=cfg.device)
         files = write_pictures(run)
         print("fm-toy2d: pictures:\n  " + "\n  ".join(str(f) for f in files), flush=True)
@@ -260,8 +262,13 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     grid = args.grid if args.grid is not None else 8  # RunConfig's default grid
     if args.dataset == "checkerboard" and args.dim is not None and args.dim > 2 and grid**args.dim > 10**7:
         parser.error(f"--grid {grid} --dim {args.dim}: {grid**args.dim:,} cells is too many to evaluate (at most 10^7)")
+    from fm_train import distributed
+
+    if distributed.launched_by_torchrun() and args.model == "nf":
+        parser.error("--model nf trains in one process (its loss is not a forward call, which DDP needs); run it without torchrun")
     out = args.out or _default_out(args.dataset)
-    _check_out_dir(parser, out)
+    if distributed.checks_files():
+        _check_out_dir(parser, out)  # rank 0 checks; the others must not see the directory it starts writing
     net = {k: v for k, v in (("hidden", args.hidden), ("depth", args.depth)) if v is not None}
     given = {
         "grid": args.grid, "dim": args.dim, "conditional": args.conditional or None, "coupling": args.coupling,
@@ -291,7 +298,17 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         cfg = make_config(args.dataset, args.recipe, **given)
     except ValueError as e:
         parser.error(str(e))
-    _train_fm(cfg, out, pictures=args.pictures, progress=not args.quiet)
+    problem = distributed.launch_problem(cfg.batch_size, args.out is not None)
+    if problem:
+        parser.error(problem)
+    try:
+        info, _ = distributed.setup(cfg.device)
+        if info.world_size > 1:
+            print(f"fm-toy2d: {info.world_size} processes (DDP), {cfg.batch_size // info.world_size} of the batch of "
+                  f"{cfg.batch_size} each", flush=True)
+        _train_fm(cfg, out, pictures=args.pictures, progress=not args.quiet)
+    finally:
+        distributed.cleanup()
     print(f"fm-toy2d: done: {out}")
     return 0
 

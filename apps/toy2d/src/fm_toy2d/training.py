@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from fm_core import CoupledBatch, Coupling, ExactOTCoupling, FlowMatchingLoss, IndependentCoupling, get_time_sampler
 from fm_data.toy import ToyDistribution, get_toy
 from fm_nets.mlp import MLPVelocity
-from fm_train import Trainer, TrainConfig, TrainResult, load_model_for_sampling, resolve_device
+from fm_train import Trainer, TrainConfig, TrainResult, dist_info, load_model_for_sampling, resolve_device
 from fm_train.checkpoint import CheckpointError, read_json
 
 from .config import RunConfig
@@ -173,9 +173,11 @@ def train(
             return x.to(device), y.to(device)
         return dist.sample(cfg.batch_size, generator=gen).to(device), None
 
+    shard = dist_info().shard  # several processes (torchrun): every rank trains on its slice of the batch
+
     def loss_fn(net: nn.Module, batch, gen: torch.Generator) -> Tensor:
         x1, y = batch
-        return loss(net, x1, y, generator=gen)
+        return loss(net, x1, y, generator=gen, shard=shard)
 
     trainer = Trainer(model, loss_fn, batch_fn, tcfg, run_dir, sample_fn=callback, extra_config=_extra_config(cfg, model))
     return trainer.train(resume=resume)

@@ -19,7 +19,7 @@ from .coupling import (
     transport_cost,
 )
 from .guidance import CFGVelocity
-from .loss import FlowMatchingLoss, batch_marginal_target
+from .loss import FlowMatchingLoss, batch_marginal_target, shard_slice
 from .marginal import EmpiricalMarginalVelocity, gaussian_marginal_velocity
 from .paths import AffinePath, CondOTPath, PathSample
 from .schedulers import (
@@ -58,7 +58,7 @@ __all__ = [
     "CoupledBatch", "Coupling", "IndependentCoupling", "ExactOTCoupling", "SinkhornCoupling",
     "COUPLINGS", "get_coupling", "transport_cost", "squared_distances", "sinkhorn_plan",
     # loss, guidance, closed-form velocities
-    "FlowMatchingLoss", "batch_marginal_target", "CFGVelocity", "EmpiricalMarginalVelocity", "gaussian_marginal_velocity",
+    "FlowMatchingLoss", "batch_marginal_target", "shard_slice", "CFGVelocity", "EmpiricalMarginalVelocity", "gaussian_marginal_velocity",
     # ODE solvers and likelihood
     "ODESolution", "solve_ode", "FIXED_METHODS", "ADAPTIVE_METHODS", "nfe_to_steps",
     "LikelihoodResult", "log_likelihood", "bits_per_dim",

@@ -28,10 +28,10 @@ import torch
 from torch import Tensor
 
 from .coupling import Coupling, IndependentCoupling
-from .paths import AffinePath, CondOTPath, _as_time_batch
+from .paths import AffinePath, CondOTPath, _as_time_batch, device_check
 from .time_samplers import TimeSampler, UniformTime
 
-__all__ = ["FlowMatchingLoss", "TARGETS", "batch_marginal_target"]
+__all__ = ["FlowMatchingLoss", "TARGETS", "batch_marginal_target", "shard_slice"]
 
 TARGETS = ("conditional", "batch-marginal")
 
@@ -49,6 +49,22 @@ def _draw(kind: str, shape, like: Tensor, generator: torch.Generator | None) -> 
     if generator is None:
         return fn(shape, device=like.device, dtype=dtype)
     return fn(shape, generator=generator, device=generator.device, dtype=dtype).to(like.device)
+
+
+def shard_slice(batch_size: int, shard: tuple[int, int] | None) -> slice:
+    """Rows of a global batch of ``batch_size`` that rank r of W trains on: [r B/W, (r+1) B/W)
+    (all rows for ``shard=None``). ValueError when W does not divide B: unequal shards would
+    weight the ranks' gradients unequally under DistributedDataParallel's average."""
+    if shard is None:
+        return slice(0, batch_size)
+    rank, world = shard
+    if not (isinstance(rank, int) and isinstance(world, int) and 0 <= rank < world):
+        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
+    if batch_size % world:
+        raise ValueError(f"the global batch of {batch_size} does not split evenly over {world} processes: "
+                         f"choose a batch size divisible by {world}")
+    n = batch_size // world
+    return slice(rank * n, (rank + 1) * n)
 
 
 class FlowMatchingLoss:
@@ -70,6 +86,18 @@ class FlowMatchingLoss:
     The model is called once as ``model(x_t, t, y)`` with x_t [B, ...], t float [B] in [0, 1]
     and y int64 [B] or None, and must return a tensor shaped like x1. x0 defaults to N(0, I)
     noise; pass x0 and t to make the loss deterministic (the coupling still applies).
+
+    Randomness is drawn in a fixed order from ``generator``: x0 [B], then t [B], then the
+    label-dropout mask [B] (when label_dropout > 0), then whatever the coupling draws.
+
+    ``shard=(rank, world_size)`` (multi-process training, see fm_train.distributed): x1 and y
+    are the *global* batch, identical on every rank; x0, t and the dropout mask are drawn for
+    the whole batch, then rank r keeps rows ``shard_slice(B, shard)``, couples them (each rank
+    couples only its own shard: OT pairs are found within B/W points) and returns the mean loss
+    over its rows. With DDP's gradient average the ranks together compute the gradient of the
+    one-process loss on the whole batch (exactly so for the independent coupling). The
+    batch-marginal target keeps the whole batch as its reference set, so it too equals the
+    one-process target.
     """
 
     def __init__(
@@ -116,12 +144,15 @@ class FlowMatchingLoss:
         if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
             raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
         if self.num_classes is not None and b > 0:
-            lo, hi = int(y.min()), int(y.max())
-            if lo < 0 or hi >= self.num_classes:
-                raise ValueError(
-                    f"labels must lie in [0, num_classes) = [0, {self.num_classes}), got values in "
-                    f"[{lo}, {hi}] (the null label {self.num_classes} is added by label dropout only)"
-                )
+            n = self.num_classes
+            device_check(
+                (y >= 0) & (y < n),
+                f"labels must lie in [0, num_classes) = [0, {n})",
+                lambda: ValueError(
+                    f"labels must lie in [0, num_classes) = [0, {n}), got values in "
+                    f"[{int(y.min())}, {int(y.max())}] (the null label {n} is added by label dropout only)"
+                ),
+            )
 
     def __call__(
         self,
@@ -132,10 +163,12 @@ class FlowMatchingLoss:
         x0: Tensor | None = None,
         t: Tensor | float | None = None,
         generator: torch.Generator | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> Tensor:
         if not torch.is_tensor(x1) or x1.ndim < 1 or x1.shape[0] == 0:
             raise ValueError("x1 must be a non-empty data batch [B, ...]")
         b = x1.shape[0]
+        rows = shard_slice(b, shard)
         self._check_labels(y, b)
         if x0 is None:
             x0 = _draw("randn", x1.shape, x1, generator)
@@ -144,18 +177,24 @@ class FlowMatchingLoss:
         if t is None:
             t = self.time_sampler(b, device=x1.device, generator=generator)
         t = _as_time_batch(t, x1, "x1")
-
-        pair = self.coupling(x0, x1, y, generator=generator)
-        y = labels = pair.y
         drop = None
         if y is not None and self.label_dropout > 0:
             drop = _draw("rand", (b,), x1, generator) < self.label_dropout
+        ref_x1, ref_y = x1, y  # the batch-marginal target's reference set: the whole batch
+        if shard is not None:
+            x0, x1, t = x0[rows], x1[rows], t[rows]
+            y = y[rows] if y is not None else None
+            drop = drop[rows] if drop is not None else None
+
+        pair = self.coupling(x0, x1, y, generator=generator)
+        y = labels = pair.y
+        if drop is not None:
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
 
         ps = self.path.sample(pair.x0, pair.x1, t)
         u_t = ps.u_t
         if self.target == "batch-marginal":
-            u_t = batch_marginal_target(self.path, ps, labels, dropped=drop)
+            u_t = batch_marginal_target(self.path, ps, labels, dropped=drop, ref_x1=ref_x1, ref_y=ref_y)
         v = model(ps.x_t, ps.t, y)
         if not torch.is_tensor(v) or v.shape != ps.u_t.shape:
             shape = tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
@@ -164,17 +203,24 @@ class FlowMatchingLoss:
 
 
 @torch.no_grad()
-def batch_marginal_target(path: AffinePath, ps, y: Tensor | None = None, dropped: Tensor | None = None) -> Tensor:
+def batch_marginal_target(path: AffinePath, ps, y: Tensor | None = None, dropped: Tensor | None = None,
+                          ref_x1: Tensor | None = None, ref_y: Tensor | None = None) -> Tensor:
     """The batch estimate of E[u_t | x_t] for a PathSample ``ps`` drawn with independent coupling.
 
     Reference points are ``ps.x1`` (the batch itself, row i's own x1 included, which keeps the
-    estimate exact as sigma_t -> 0). With the true labels ``y`` [B], row i averages over the
-    points of class y[i]; rows flagged in the bool mask ``dropped`` [B] (labels replaced by the
-    null class for guidance training) average over all points (the unconditional target).
-    Returns a tensor shaped like ``ps.u_t``; see the module docstring for the formula.
+    estimate exact as sigma_t -> 0), or ``ref_x1`` [M, ...] with labels ``ref_y`` [M] when given
+    (a rank's shard against the whole batch under DDP; ``ref_x1`` must contain ps.x1's rows).
+    With the true labels ``y`` [B], row i averages over the points of class y[i]; rows flagged
+    in the bool mask ``dropped`` [B] (labels replaced by the null class for guidance training)
+    average over all points (the unconditional target). Returns a tensor shaped like
+    ``ps.u_t``; see the module docstring for the formula.
     """
     b = ps.x1.shape[0]
-    x1 = ps.x1.reshape(b, -1)
+    own = ps.x1.reshape(b, -1)
+    x1 = own if ref_x1 is None else ref_x1.reshape(ref_x1.shape[0], -1)
+    if ref_x1 is not None and y is not None and ref_y is None:
+        raise ValueError("batch_marginal_target: labelled rows need ref_y with ref_x1")
+    ref_labels = y if ref_x1 is None else ref_y
     xt = ps.x_t.reshape(b, -1)
     o = path.scheduler(ps.t)
     a, s, da, ds = o.alpha_t, o.sigma_t.clamp_min(_SIGMA_FLOOR), o.d_alpha_t, o.d_sigma_t
@@ -182,13 +228,13 @@ def batch_marginal_target(path: AffinePath, ps, y: Tensor | None = None, dropped
     # (a / s^2) x_t.x1_j - (a^2 / 2 s^2) ||x1_j||^2, as one [B, D+1] @ [D+1, B] product
     rows = torch.cat([xt * (a / s**2)[:, None], (-0.5 * a**2 / s**2)[:, None]], dim=1)
     cols = torch.cat([x1, (x1 * x1).sum(1, keepdim=True)], dim=1)
-    logits = rows @ cols.T  # [B, B]
+    logits = rows @ cols.T  # [B, M]
     if y is not None:
-        keep = y[:, None] == y[None, :]
+        keep = y[:, None] == ref_labels[None, :]
         if dropped is not None:
             keep = keep | dropped[:, None]
         logits = logits.masked_fill(~keep, float("-inf"))  # the diagonal always stays
     w = torch.softmax(logits, dim=1)
     coef = (da - ds * a / s)[:, None]  # [B, 1]
-    correction = coef * (w @ x1 - x1)
+    correction = coef * (w @ x1 - own)
     return ps.u_t + correction.reshape(ps.u_t.shape).to(ps.u_t.dtype)

@@ -74,9 +74,14 @@ class LabelEmbedding(nn.Module):
             y = y.expand(batch)
         if y.shape != (batch,):
             raise ValueError(f"y must have shape [{batch}], got {tuple(y.shape)}")
-        if not torch.compiler.is_compiling() and y.numel() and (int(y.min()) < 0 or int(y.max()) > self.num_classes):
-            raise ValueError(
-                f"labels must lie in [0, {self.num_classes}] ({self.num_classes} = null class), "
-                f"got range [{int(y.min())}, {int(y.max())}]"
-            )
+        if not torch.compiler.is_compiling() and y.numel():
+            ok = ((y >= 0) & (y <= self.num_classes)).all()
+            if y.device.type == "cpu":
+                if not bool(ok):
+                    raise ValueError(
+                        f"labels must lie in [0, {self.num_classes}] ({self.num_classes} = null class), "
+                        f"got range [{int(y.min())}, {int(y.max())}]"
+                    )
+            else:  # no host-device sync in a training step: checked on the device (a device-side assertion)
+                torch._assert_async(ok, f"labels must lie in [0, {self.num_classes}] ({self.num_classes} = null class)")
         return self.embedding(y)

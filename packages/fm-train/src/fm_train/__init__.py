@@ -20,6 +20,8 @@ from .checkpoint import (
 )
 from .config import DEFAULT_STEPS, RESUME_MUST_MATCH, TrainConfig
 from .devices import DEVICE_CHOICES, autocast, maybe_compile, resolve_device
+from . import distributed
+from .distributed import DistInfo, dist_info
 from .ema import EMA
 from .history import HISTORY_FILENAME, LossHistory
 from .loop import Trainer, TrainingDivergedError, TrainResult
@@ -34,6 +36,7 @@ __all__ = [
     "CheckpointError",
     "DEFAULT_STEPS",
     "DEVICE_CHOICES",
+    "DistInfo",
     "EMA",
     "HISTORY_FILENAME",
     "LossHistory",
@@ -48,6 +51,8 @@ __all__ = [
     "capture_rng_state",
     "check_state_dict",
     "decay_progress",
+    "dist_info",
+    "distributed",
     "find_checkpoint",
     "load_checkpoint",
     "load_model_for_sampling",

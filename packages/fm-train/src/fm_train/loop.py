@@ -16,6 +16,10 @@ that ``train(resume=True)`` after a crash continues exactly as an uninterrupted 
 Host-device syncs happen only every ``log_every`` steps (and before checkpoints/samples):
 per-step losses stay on the device and are checked for NaN/inf in one go, so the step
 that diverged is still named exactly.
+
+Several processes (``torchrun``, see :mod:`fm_train.distributed`): the model is wrapped in
+DistributedDataParallel, every rank runs this loop on the same global batches (the app's loss
+trains on the rank's shard), the logged loss is the mean over ranks, and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from .checkpoint import (
 )
 from .config import RESUME_MUST_MATCH, TrainConfig
 from .devices import autocast, maybe_compile, resolve_device
+from .distributed import broadcast_float, dist_info
 from .ema import EMA
 from .history import HISTORY_FILENAME, LossHistory
 from .rng import capture_rng_state, restore_rng_state, seed_everything
@@ -101,13 +106,6 @@ class TrainResult:
     history_path: Path
     checkpoint_path: Path | None
     stopped_by: str
-
-
-def _dist_info() -> tuple[int, int]:
-    """(rank, world_size) of the default process group, (0, 1) without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _json_normalise(obj: Any, what: str) -> Any:
@@ -177,11 +175,10 @@ class Trainer:
         self.checkpoint_dir = self.run_dir / CHECKPOINT_DIRNAME
         self.history_path = self.run_dir / HISTORY_FILENAME
 
-        # Distributed seam (issue 7): rank 0 writes files, all ranks train.
-        self.rank, self.world_size = _dist_info()
-        if self.world_size > 1:
-            raise NotImplementedError("fm-train 0.1 trains in one process; DistributedDataParallel support is planned (torchrun)")
-        self.is_main = self.rank == 0
+        # Several processes (torchrun): rank 0 writes files, all ranks train (fm_train.distributed).
+        info = dist_info()
+        self.rank, self.world_size = info.rank, info.world_size
+        self.is_main = info.is_main
 
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
@@ -219,7 +216,15 @@ class Trainer:
             return torch.Generator()
 
     def _wrap_for_training(self, model: nn.Module) -> nn.Module:
-        """The module handed to ``loss_fn``: compiled if asked (and, later, DDP-wrapped)."""
+        """The module handed to ``loss_fn``: DDP-wrapped with several processes, then compiled if asked
+        (torch.compile over DDP, as PyTorch recommends). ``self.model`` stays the plain module."""
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # DDP broadcasts rank 0's parameters now, so every rank starts from the same weights;
+            # no buffers need syncing (no batch norm), so no broadcast before every forward
+            index = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=[index] if index is not None else None, broadcast_buffers=False)
         return maybe_compile(model, self.config.compile)
 
     def _run_config(self, fmt: str, step: int | None = None) -> dict[str, Any]:
@@ -245,10 +250,16 @@ class Trainer:
     # ------------------------------------------------------------------ NaN guard
 
     def _flush(self) -> None:
-        """Sync the pending per-step losses to the host (one sync) and check they are finite."""
+        """Sync the pending per-step losses to the host (one sync) and check they are finite.
+        With several processes they are first averaged over the ranks (every rank calls this at
+        the same steps), so every rank sees the same values and stops at the same step."""
         if not self._pending:
             return
-        values = torch.stack([v.float() for v in self._pending]).tolist()
+        stacked = torch.stack([v.float() for v in self._pending])
+        if self.world_size > 1:
+            torch.distributed.all_reduce(stacked)
+            stacked = stacked / self.world_size
+        values = stacked.tolist()
         first = self._pending_first
         self._pending.clear()
         self._pending_first = first + len(values)
@@ -259,10 +270,20 @@ class Trainer:
         self._interval_n += len(values)
 
     def _check_weights(self) -> None:
-        """One sync: are all weights finite? (a finite loss with an inf gradient gives NaN weights)."""
-        norms = torch._foreach_norm([p.detach() for p in self._params])
-        if not bool(torch.isfinite(torch.stack(norms)).all()):
+        """One sync: are all weights finite? (a finite loss with an inf gradient gives NaN weights)
+        With several processes also: do all ranks hold the same weights and EMA?"""
+        norms = torch.stack(torch._foreach_norm([p.detach() for p in self._params]))
+        if not bool(torch.isfinite(norms).all()):
             raise self._diverged(self.step, "the weights are no longer finite after the update")
+        if self.world_size > 1:
+            ema = [p.detach() for p in self.ema.module.parameters() if p.is_floating_point()]
+            mine = torch.cat([norms, torch.stack(torch._foreach_norm(ema))]).double()
+            low, high = mine.clone(), mine.clone()
+            torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+            torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+            if not torch.equal(low, high):
+                raise RuntimeError(f"step {self.step}: the ranks' weights or EMA differ (max norm gap "
+                                   f"{float((high - low).max()):.3g}); DDP should keep them identical")
 
     def _diverged(self, step: int, what: str) -> TrainingDivergedError:
         if self.is_main and len(self.history):
@@ -295,6 +316,7 @@ class Trainer:
         self._flush()
         self._check_weights()
         if not self.is_main:
+            self._ckpt_step = self.step  # rank 0 wrote it; every rank knows the step
             return None
         save_checkpoint(
             self.checkpoint_dir,
@@ -326,6 +348,8 @@ class Trainer:
     def _resume(self) -> None:
         if self.is_main:
             recover_checkpoint(self.checkpoint_dir)
+        if self.world_size > 1:
+            torch.distributed.barrier()  # the other ranks read what rank 0 may just have repaired
         ckpt = load_checkpoint(self.checkpoint_dir, map_location="cpu")
         d = ckpt.path
         self._check_resume_config(ckpt.config, d / CONFIG_FILE)
@@ -368,10 +392,12 @@ class Trainer:
     # ------------------------------------------------------------------ sampling
 
     def _sample(self) -> None:
-        if self.sample_fn is None or not self.is_main:
+        if self.sample_fn is None:
             return
-        self._flush()
+        self._flush()  # on every rank: these are collective with several processes
         self._check_weights()
+        if not self.is_main:
+            return
         # Sampling must not consume training randomness: resume exactness then holds
         # whatever sample_every is, and wherever the checkpoints fall.
         rng = capture_rng_state()
@@ -420,13 +446,16 @@ class Trainer:
 
         bar = self._progress_bar(budget_s, base_elapsed)
         t0 = time.perf_counter()
-        t_ckpt = t_bar = t_log = t0
+        t_bar = t_log = t0
+        e_ckpt = base_elapsed  # run time of the last checkpoint (time-based checkpoints)
         step_log = self.step
         model.train()
         try:
             while True:
                 now = time.perf_counter()
                 elapsed = base_elapsed + (now - t0)
+                if self.world_size > 1:
+                    elapsed = broadcast_float(elapsed)  # rank 0's clock: every rank stops/checkpoints at the same step
                 if total_steps is not None:
                     if self.step >= total_steps:
                         break
@@ -460,9 +489,9 @@ class Trainer:
                     t_now = time.perf_counter()
                     self._log_row(bar, steps_per_s=(s - step_log) / max(t_now - t_log, 1e-9))
                     t_log, step_log = t_now, s
-                if (ckpt_every is not None and s % ckpt_every == 0) or (ckpt_s is not None and time.perf_counter() - t_ckpt >= ckpt_s):
+                if (ckpt_every is not None and s % ckpt_every == 0) or (ckpt_s is not None and elapsed - e_ckpt >= ckpt_s):
                     self.save_checkpoint()
-                    t_ckpt = time.perf_counter()
+                    e_ckpt = elapsed
                 if sample_every is not None and s % sample_every == 0:
                     self._sample()
                 if bar is not None and time.perf_counter() - t_bar >= 0.5:
