@@ -201,8 +201,7 @@ def main(argv=None) -> int:
     text = table(result)
     print(text)
     if not args.no_write:
-        pixel_recipes.SECTION = SECTION  # reuse its section writer for this section
-        pixel_recipes.write_section(text)
+        pixel_recipes.write_section(text, section=SECTION)
     return 0
 
 

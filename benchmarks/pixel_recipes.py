@@ -132,10 +132,11 @@ def table(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
+def write_section(text: str, section: str = SECTION) -> None:
+    """Replace (or append) ``section`` of benchmarks/RESULTS.md; the other sections are kept."""
     old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    new_block = f"{SECTION}\n\n{text.strip()}\n\n"
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    new_block = f"{section}\n\n{text.strip()}\n\n"
     new = pattern.sub(lambda m: new_block, old) if pattern.search(old) else old.rstrip() + "\n\n" + new_block
     tmp = RESULTS.with_suffix(".md.tmp")
     tmp.write_text(new)
