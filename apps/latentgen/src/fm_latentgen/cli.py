@@ -332,14 +332,8 @@ def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     from fm_latent import LatentCacheError, LatentVAEError
     from fm_train import CheckpointError, TrainingDivergedError, distributed
 
-    problem = distributed.launch_problem(cfg.batch_size, args.out is not None)
-    if problem:
-        parser.error(problem)
     try:
-        info, _ = distributed.setup(tcfg.device)
-        if info.world_size > 1:
-            print(f"fm-latentgen train: {info.world_size} processes (DDP), {cfg.batch_size // info.world_size} of the "
-                  f"batch of {cfg.batch_size} each", flush=True)
+        distributed.start_training(cfg.batch_size, args.out is not None, tcfg.device, "fm-latentgen train", parser.error)
         summary = train_latent(cfg, out, tcfg, latents_dir=latents, resume=args.resume, grid_fn=_grid_fn(cfg, out))
     except (TrainingDivergedError, CheckpointError, LatentCacheError, LatentVAEError, ValueError) as e:
         return _error("train", str(e))

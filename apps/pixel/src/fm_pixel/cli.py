@@ -341,14 +341,8 @@ def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     from fm_data.images import DataError
     from fm_train import CheckpointError, TrainingDivergedError, distributed
 
-    problem = distributed.launch_problem(cfg.batch_size, args.out is not None)
-    if problem:
-        parser.error(problem)
     try:
-        info, _ = distributed.setup(tcfg.device)
-        if info.world_size > 1:
-            print(f"fm-pixel train: {info.world_size} processes (DDP), {cfg.batch_size // info.world_size} of the batch of "
-                  f"{cfg.batch_size} each", flush=True)
+        distributed.start_training(cfg.batch_size, args.out is not None, tcfg.device, "fm-pixel train", parser.error)
         summary = train(cfg, out, tcfg, data_dir=args.data_dir, resume=args.resume, grid_fn=_grid_fn(cfg))
     except TrainingDivergedError as e:
         return _error("train", str(e))

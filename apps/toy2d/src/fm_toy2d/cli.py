@@ -298,14 +298,8 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         cfg = make_config(args.dataset, args.recipe, **given)
     except ValueError as e:
         parser.error(str(e))
-    problem = distributed.launch_problem(cfg.batch_size, args.out is not None)
-    if problem:
-        parser.error(problem)
     try:
-        info, _ = distributed.setup(cfg.device)
-        if info.world_size > 1:
-            print(f"fm-toy2d: {info.world_size} processes (DDP), {cfg.batch_size // info.world_size} of the batch of "
-                  f"{cfg.batch_size} each", flush=True)
+        distributed.start_training(cfg.batch_size, args.out is not None, cfg.device, "fm-toy2d", parser.error)
         _train_fm(cfg, out, pictures=args.pictures, progress=not args.quiet)
     finally:
         distributed.cleanup()

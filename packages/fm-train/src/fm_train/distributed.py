@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -44,6 +45,7 @@ __all__ = [
     "is_main_process",
     "launched_by_torchrun",
     "setup",
+    "start_training",
 ]
 
 
@@ -164,6 +166,22 @@ def setup(device: str | torch.device = "auto", timeout_minutes: float = 30.0, qu
 
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
     return info, dev
+
+
+def start_training(batch_size: int, out_given: bool, device: str | torch.device, prog: str,
+                   usage_error: Callable[[str], object]) -> DistInfo:
+    """What a train command does before training: refuse a bad torchrun launch through
+    ``usage_error`` (e.g. argparse's ``parser.error``, which exits 2), join the process group,
+    and say how the batch is split. Returns this process's DistInfo (one process: DistInfo())."""
+    problem = launch_problem(batch_size, out_given)
+    if problem:
+        usage_error(problem)
+        raise SystemExit(2)  # usage_error should not return
+    info, _ = setup(device)
+    if info.world_size > 1:
+        print(f"{prog}: {info.world_size} processes (DDP), {batch_size // info.world_size} of the batch of "
+              f"{batch_size} each", flush=True)
+    return info
 
 
 def barrier() -> None:
