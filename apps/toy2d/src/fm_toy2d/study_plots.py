@@ -4,7 +4,8 @@ number of filled cells (2D), against the dimension (grid 2), and both together.
 Every run is one point: filled markers reached the target at that step; open triangles pointing
 up are censored runs (not reached by that step: the cap, or the time budget), drawn at the step
 where they stopped. The line joins the median over seeds where the median was reached; dashed
-lines are the power-law fits of ``summary.txt`` (on reached runs only). Log axes for steps and
+lines are the power-law fits of ``summary.txt`` (on reached runs only), drawn over the settings
+they were fitted on. Log axes for steps and
 cells; the dimension axis is linear (cells = 2^(D-1) on grid 2, so a straight line on it is the
 same power law).
 """
@@ -95,8 +96,9 @@ def plot_all(res: list, cfg, members: dict, fits: dict[str, Any], out: Path) -> 
         if fit:
             label += f"; fit cells^{fit['coef'][0]:.2f}"
         _points(ax, runs, lambda o: o.n_filled, COLORS.get(r, "k"), jitter=0.03, label=label)
-        if fit and runs:
-            xs = np.geomspace(min(o.n_filled for o in runs), max(o.n_filled for o in runs), 50)
+        reached = [o for o in runs if o.reached]
+        if fit and reached:  # drawn over the settings it was fitted on, not extrapolated
+            xs = np.geomspace(min(o.n_filled for o in reached), max(o.n_filled for o in reached), 50)
             ax.plot(xs, np.exp(fit["intercept"] + fit["coef"][0] * np.log(xs)), "--", color=COLORS.get(r, "k"), lw=1)
     _cap_lines(ax, cfg, recipes)
     _legend_censored(ax)
@@ -120,8 +122,9 @@ def plot_all(res: list, cfg, members: dict, fits: dict[str, Any], out: Path) -> 
         if fit:
             label += f"; fit x{2 ** fit['coef'][0]:.2f} per dimension"
         _points(ax, runs, lambda o: float(o.dim), COLORS.get(r, "k"), jitter=0.01, label=label)
-        if fit and runs:
-            ds = np.linspace(min(o.dim for o in runs), max(o.dim for o in runs), 50)
+        reached = [o for o in runs if o.reached]
+        if fit and reached:  # drawn over the settings it was fitted on, not extrapolated
+            ds = np.linspace(min(o.dim for o in reached), max(o.dim for o in reached), 50)
             ax.plot(ds, np.exp(fit["intercept"] + fit["coef"][0] * np.log(2.0 ** (ds - 1))), "--", color=COLORS.get(r, "k"), lw=1)
     _cap_lines(ax, cfg, recipes)
     _legend_censored(ax)

@@ -194,6 +194,9 @@ def cleanup() -> None:
     """Leave the process group (end of a torchrun training command)."""
     global _CONTROL_GROUP
     if dist.is_available() and dist.is_initialized():
+        import gc
+
+        gc.collect()  # DDP wrappers left in reference cycles go now, while their process group still exists
         dist.destroy_process_group()
     _CONTROL_GROUP = None
 

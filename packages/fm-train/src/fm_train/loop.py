@@ -514,6 +514,8 @@ class Trainer:
         seconds = time.perf_counter() - t0
         if self.step > 0:
             self._sample()
+        if self.world_size > 1:
+            torch.distributed.barrier()  # leave together: rank 0 has written the checkpoint and the last samples
         if self._last_loss is None and self.history.loss:
             self._last_loss = self.history.loss[-1]
         return TrainResult(
