@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .study import add_study_parser  # the scaling study (issue 9): its options live beside its code
 
-    add_study_parser(sub, positive_int=positive_int, positive_float=_positive_float)
+    add_study_parser(sub, positive_int=positive_int, positive_float=_positive_float, nonneg_int=nonneg_int)
     return p
 
 

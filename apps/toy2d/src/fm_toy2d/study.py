@@ -806,18 +806,6 @@ def _int_list(low: int):
     return parse
 
 
-def _nonneg_int(text: str) -> int:
-    import argparse
-
-    try:
-        v = int(text)
-    except ValueError:
-        v = -1
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return v
-
-
 def _nonneg_float(text: str) -> float:
     import argparse
 
@@ -865,8 +853,8 @@ def _per_recipe(low: int):
     return parse
 
 
-def add_study_parser(sub, *, positive_int, positive_float) -> None:
-    """The ``study`` subcommand's options (called by fm_toy2d.cli.build_parser)."""
+def add_study_parser(sub, *, positive_int, positive_float, nonneg_int) -> None:
+    """The ``study`` subcommand's options (called by fm_toy2d.cli.build_parser, which owns the argument types)."""
     d = StudyConfig()
     s = sub.add_parser(
         "study", help="the scaling study: training steps to the quality target against modes, dimension and both",
@@ -888,7 +876,7 @@ def add_study_parser(sub, *, positive_int, positive_float) -> None:
                    help="N or RECIPE=N,... (default " + ",".join(f"{k}={v}" for k, v in d.batch_size.items()) + ")")
     s.add_argument("--eval-every", type=positive_int, default=None, help=f"steps between evaluations (default {d.eval_every})")
     s.add_argument("--per-cell", type=positive_int, default=None, help=f"expected samples per filled cell (default {d.per_cell})")
-    s.add_argument("--screen-n", type=_nonneg_int, default=None, help=f"screening samples, 0 for none (default {d.screen_n})")
+    s.add_argument("--screen-n", type=nonneg_int, default=None, help=f"screening samples, 0 for none (default {d.screen_n})")
     s.add_argument("--budget-minutes", type=positive_float, default=None, help=f"wall-clock budget of the study (default {d.budget_minutes:g})")
     s.add_argument("--schedule", choices=SCHEDULES, default=None,
                    help=f"lr after the warm-up: constant for every recipe, or each recipe's own (default {d.schedule})")
