@@ -103,7 +103,7 @@ def test_loss_uses_it_and_refuses_ot_coupling():
     x1 = torch.randn(16, 2, generator=gen, dtype=torch.float64)
     x0 = torch.randn(16, 2, generator=gen, dtype=torch.float64)
     t = torch.rand(16, generator=gen, dtype=torch.float64)
-    zero = lambda x, t, y: torch.zeros_like(x)  # noqa: E731
+    zero = lambda x, t, y=None: torch.zeros_like(x)  # noqa: E731
     loss = FlowMatchingLoss(target="batch-marginal")(zero, x1, x0=x0, t=t)
     ps = CondOTPath().sample(x0, x1, t)
     expected = EmpiricalMarginalVelocity(x1, t_max=1.0 - 1e-12)(ps.x_t, t).pow(2).mean()

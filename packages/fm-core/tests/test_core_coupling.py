@@ -20,15 +20,6 @@ from fm_core import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread avoids contention on a shared CPU (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
@@ -100,6 +91,73 @@ def test_labels_follow_points_through_ot():
     assert out.x0[out.y == 1, 0].mean() > out.x0[out.y == 0, 0].mean() + 1.0
 
 
+def _brute_force_index(x0, x1, rows):
+    """For data rows ``rows`` (global indices), the global noise rows of the best permutation of
+    x0[rows], by enumerating every permutation."""
+    cost = _cost_matrix_numpy(x0[rows], x1[rows])
+    k = len(rows)
+    best = min(itertools.permutations(range(k)), key=lambda p: sum(cost[p[j], j] for j in range(k)))
+    return [rows[p] for p in best], sum(cost[best[j], j] for j in range(k))
+
+
+def _labelled_batch(seed, sizes=(5, 6, 3)):
+    g = _gen(seed)
+    y = torch.cat([torch.full((s,), k) for k, s in enumerate(sizes)])
+    y = y[torch.randperm(len(y), generator=g)]
+    x0 = torch.randn(len(y), 2, generator=g, dtype=torch.float64)
+    x1 = torch.randn(len(y), 2, generator=g, dtype=torch.float64) + y[:, None].double()
+    return x0, x1, y
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ot_by_label_equals_brute_force_within_each_class(seed):
+    x0, x1, y = _labelled_batch(30 + seed)
+    out = ExactOTCoupling(by_label=True)(x0, x1, y)
+    expected = list(range(len(y)))
+    for k in range(3):
+        rows = torch.nonzero(y == k).flatten().tolist()
+        best, best_cost = _brute_force_index(x0, x1, rows)
+        for r, b in zip(rows, best):
+            expected[r] = b
+        # the OT cost within the class is the minimum over all its permutations
+        got = ((out.x0[rows] - x1[rows]) ** 2).sum().item()
+        assert got == pytest.approx(best_cost, rel=1e-12)
+    assert out.x0_index.tolist() == expected
+    # noise is paired only within a class; data and labels come back untouched
+    assert torch.equal(y[out.x0_index], y)
+    assert out.y is y and out.x1 is x1 and torch.equal(out.x0, x0[out.x0_index])
+    # the plain coupling pairs across classes here, so the option changes the answer
+    assert not torch.equal(y[ExactOTCoupling()(x0, x1, y).x0_index], y)
+
+
+@pytest.mark.parametrize("by_label", [True, False])
+def test_ot_in_blocks_equals_brute_force_per_block(by_label):
+    x0, x1, y = _labelled_batch(40, sizes=(7, 4, 1))
+    out = ExactOTCoupling(by_label=by_label, block=3)(x0, x1, y)
+    groups = [torch.nonzero(y == k).flatten() for k in (0, 1, 2)] if by_label else [torch.arange(len(y))]
+    expected = list(range(len(y)))
+    for group in groups:
+        rows = group.tolist()
+        for start in range(0, len(rows), 3):  # consecutive blocks of at most 3 rows of the group
+            block = rows[start:start + 3]
+            for r, b in zip(block, _brute_force_index(x0, x1, block)[0]):
+                expected[r] = b
+    assert out.x0_index.tolist() == expected
+    assert torch.equal(torch.sort(out.x0_index).values, torch.arange(len(y)))
+    if by_label:
+        assert torch.equal(y[out.x0_index], y)
+
+
+def test_ot_by_label_without_labels_is_plain_ot():
+    g = _gen(50)
+    x0, x1 = torch.randn(12, 3, generator=g), torch.randn(12, 3, generator=g)
+    plain = ExactOTCoupling()(x0, x1).x0_index
+    assert torch.equal(ExactOTCoupling(by_label=True)(x0, x1).x0_index, plain)
+    assert torch.equal(ExactOTCoupling(block=12)(x0, x1).x0_index, plain)
+    built = get_coupling("ot", by_label=True, block=4)
+    assert isinstance(built, ExactOTCoupling) and built.by_label and built.block == 4
+
+
 def test_ot_on_uneven_dtypes_and_devices():
     x0 = torch.randn(8, 2, dtype=torch.float64)
     x1 = torch.randn(8, 2, dtype=torch.float64)
@@ -112,7 +170,7 @@ def test_couplings_on_cuda():
     x0 = torch.randn(16, 1, 4, 4, device="cuda")
     x1 = torch.randn(16, 1, 4, 4, device="cuda")
     y = torch.arange(16, device="cuda")
-    for c in (ExactOTCoupling(), SinkhornCoupling()):
+    for c in (ExactOTCoupling(), ExactOTCoupling(by_label=True, block=4), SinkhornCoupling()):
         out = c(x0, x1, y, generator=torch.Generator(device="cuda").manual_seed(0))
         assert out.x0.device.type == "cuda" and out.y is y and out.x1 is x1
 
@@ -209,6 +267,10 @@ def test_get_coupling():
     "call, match",
     [
         (lambda: get_coupling("emd"), "emd"),
+        (lambda: ExactOTCoupling(block=1), "block"),
+        (lambda: ExactOTCoupling(block=True), "block"),
+        (lambda: ExactOTCoupling(by_label="yes"), "by_label"),
+        (lambda: get_coupling("ot", blocks=4), "bad arguments"),
         (lambda: SinkhornCoupling(reg=0.0), "reg"),
         (lambda: SinkhornCoupling(n_iters=0), "n_iters"),
         (lambda: ExactOTCoupling()(torch.zeros(4, 2), torch.zeros(4, 3)), "same shape"),

@@ -32,7 +32,7 @@ def test_constant_velocity_shifts_standard_normal(method, steps):
     # v = c (written as c + 0*x so the divergence really runs): x_1 = x_0 + c, p_1 = N(c, I)
     c = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
     x1 = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + c
-    res = log_likelihood(lambda x, t, y: c + 0.0 * x, x1, method=method, steps=steps)
+    res = log_likelihood(lambda x, t, y=None: c + 0.0 * x, x1, method=method, steps=steps)
     assert isinstance(res, LikelihoodResult)
     assert torch.allclose(res.z, x1 - c, atol=1e-10)
     assert torch.allclose(res.log_prob, _gauss_logpdf(x1 - c), atol=1e-10)
@@ -57,7 +57,7 @@ def test_expanding_field_sign():
     # v = a x: x_1 = e^a x_0, so p_1 = N(0, e^{2a} I) and log p_1(x) = log N(e^{-a} x) - a D
     a, d = 0.7, 4
     x1 = torch.randn(5, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    res = log_likelihood(lambda x, t, y: a * x, x1, atol=1e-9, rtol=1e-9)
+    res = log_likelihood(lambda x, t, y=None: a * x, x1, atol=1e-9, rtol=1e-9)
     assert torch.allclose(res.delta_log_det, torch.full((5,), -a * d, dtype=torch.float64), atol=1e-6)
     assert torch.allclose(res.log_prob, _gauss_logpdf(x1, std=math.exp(a)), atol=1e-6)
     assert torch.allclose(res.log_prob, res.log_prob_source + res.delta_log_det)
@@ -70,7 +70,7 @@ def test_condot_gaussian_marginal_velocity_isotropic():
     # v(x, t) = (s - 1) (x - t m) / (1 - t + s t) + m
     m, s = torch.tensor([1.5, -0.5], dtype=torch.float64), 0.4
 
-    def v(x, t, y):
+    def v(x, t, y=None):
         t = t[:, None]
         return (s - 1.0) * (x - t * m) / (1.0 - t + s * t) + m
 
@@ -92,7 +92,7 @@ def _linear_flow(dim: int, seed: int):
     L, mt = torch.from_numpy(low), torch.from_numpy(m)
     eye = torch.eye(dim, dtype=torch.float64)
 
-    def v(x, t, y):
+    def v(x, t, y=None):
         flat = x.reshape(x.shape[0], dim)
         a_t = eye + t[:, None, None] * (L - eye)  # [B, D, D], per-sample time
         jac = torch.linalg.solve(a_t, (L - eye).expand_as(a_t))  # A^{-1} (L - I) = (L - I) A^{-1}
@@ -158,7 +158,7 @@ def test_hutchinson_rademacher_is_exact_for_diagonal_jacobian():
     # e_i^2 = 1, so a Rademacher probe gives the exact trace of a diagonal Jacobian
     scales = torch.tensor([0.3, -0.6, 1.1], dtype=torch.float64)
     x1 = torch.randn(5, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    res = log_likelihood(lambda x, t, y: scales * x, x1, divergence="hutchinson", seed=0, atol=1e-9, rtol=1e-9)
+    res = log_likelihood(lambda x, t, y=None: scales * x, x1, divergence="hutchinson", seed=0, atol=1e-9, rtol=1e-9)
     expected = _gauss_logpdf(x1 / torch.exp(scales)) - scales.sum()
     assert torch.allclose(res.log_prob, expected, atol=1e-6)
 
@@ -191,7 +191,7 @@ def test_exact_and_hutchinson_divergence_batched_and_looped(monkeypatch, batched
 def test_result_is_detached_and_model_params_untouched():
     net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
 
-    def v(x, t, y):
+    def v(x, t, y=None):
         return net(torch.cat([x, t[:, None]], dim=1))
 
     for div in ("exact", "hutchinson"):
@@ -214,12 +214,60 @@ def test_result_is_detached_and_model_params_untouched():
 )
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        log_likelihood(lambda x, t, y: x, torch.zeros(2, 2), **kwargs)
+        log_likelihood(lambda x, t, y=None: x, torch.zeros(2, 2), **kwargs)
 
 
 def test_non_finite_data_raises():
     with pytest.raises(ValueError, match="non-finite"):
-        log_likelihood(lambda x, t, y: x, torch.tensor([[0.0, float("nan")]]))
+        log_likelihood(lambda x, t, y=None: x, torch.tensor([[0.0, float("nan")]]))
+
+
+# ----------------------------------------------------------------------------- errors in the backward pass
+class _OutOfMemoryOnce(torch.autograd.Function):
+    """Doubles x; its first backward pass raises an out-of-memory error (as a vmapped backward
+    over many cotangents may on a GPU) and later ones succeed, so swallowing the error would
+    go unnoticed."""
+
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2.0 * x
+
+    @staticmethod
+    def backward(ctx, g):
+        _OutOfMemoryOnce.calls += 1
+        if _OutOfMemoryOnce.calls == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return 2.0 * g
+
+
+class _ReadsItem(torch.autograd.Function):
+    """Doubles x; its backward reads a value with .item(), which vmap cannot batch."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2.0 * x
+
+    @staticmethod
+    def backward(ctx, g):
+        scale = torch.tensor(1.0) * float(g.sum().item() * 0.0 + 2.0)
+        return scale * g
+
+
+def test_out_of_memory_in_the_batched_backward_propagates(monkeypatch):
+    monkeypatch.setattr(likelihood_module, "_BATCHED_MIN", 1)
+    _OutOfMemoryOnce.calls = 0
+    with pytest.raises(torch.OutOfMemoryError, match="out of memory"):
+        log_likelihood(lambda x, t: _OutOfMemoryOnce.apply(x), torch.ones(3, 2), method="euler", steps=1)
+
+
+def test_a_backward_vmap_cannot_batch_falls_back_to_a_loop(monkeypatch):
+    # v = 2x: x_1 = e^2 x_0, so log p_1(x) = log N(x; 0, e^4 I) (as in test_expanding_field_sign)
+    monkeypatch.setattr(likelihood_module, "_BATCHED_MIN", 1)
+    x1 = torch.randn(4, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    res = log_likelihood(lambda x, t: _ReadsItem.apply(x), x1, atol=1e-9, rtol=1e-9)
+    assert torch.allclose(res.log_prob, _gauss_logpdf(x1, std=math.exp(2.0)), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- bits per dim

@@ -15,15 +15,6 @@ from fm_core import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread avoids contention on a shared CPU (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 PATHS = [
     CondOTPath(),
     CondOTPath(sigma_min=0.05),
@@ -177,6 +168,8 @@ def test_scalar_time_broadcasts_and_dtype_follows_x():
     torch.testing.assert_close(ps.x_t, 0.75 * x0 + 0.25 * x1)
     ps = CondOTPath().sample(x0, x1, torch.tensor(0.5, dtype=torch.float32))
     assert ps.t.dtype == torch.float64 and ps.t.shape == (3,)
+    # a Python float time is taken in x's dtype directly, not rounded through float32 first
+    assert CondOTPath().sample(x0, x1, 0.1).t.tolist() == [0.1, 0.1, 0.1]
 
 
 @pytest.mark.parametrize(

@@ -18,15 +18,6 @@ from fm_core import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread avoids contention on a shared CPU (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 ALL = [
     CondOTScheduler(),
     CondOTScheduler(sigma_min=0.1),

@@ -13,14 +13,18 @@ from fm_core.solvers import (
     DEFAULT_STEPS,
     FIXED_METHODS,
     ODESolution,
-    nfe_to_steps,
+    evals_per_step,
+    fit_nfe,
     solve_ode,
+    steps_for_nfe,
 )
 
 ORDER = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
 EVALS = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
 # step counts in the asymptotic regime and well above float64 round-off for each method
-STEP_LISTS = {"euler": [32, 64, 128, 256], "midpoint": [16, 32, 64, 128], "heun": [16, 32, 64, 128], "rk4": [4, 8, 16, 32]}
+STEP_LISTS = {
+    "euler": [32, 64, 128, 256], "midpoint": [16, 32, 64, 128], "heun": [16, 32, 64, 128], "rk4": [4, 8, 16, 32]
+}
 
 A = 1.3
 
@@ -32,12 +36,12 @@ def _x0(shape=(3, 2)) -> torch.Tensor:
 
 # (velocity, closed-form solution x(t) given x(0)) -- all defined on t in [0, 1]
 ANALYTIC = {
-    "linear": (lambda x, t, y: A * x, lambda x0, t: x0 * math.exp(A * t)),
+    "linear": (lambda x, t, y=None: A * x, lambda x0, t: x0 * math.exp(A * t)),
     "time-dependent": (
-        lambda x, t, y: 2.0 * torch.cos(2.0 * t)[:, None] * x,
+        lambda x, t, y=None: 2.0 * torch.cos(2.0 * t)[:, None] * x,
         lambda x0, t: x0 * math.exp(math.sin(2.0 * t)),
     ),
-    "nonlinear": (lambda x, t, y: x * x, lambda x0, t: x0 / (1.0 - x0 * t)),
+    "nonlinear": (lambda x, t, y=None: x * x, lambda x0, t: x0 / (1.0 - x0 * t)),
 }
 
 
@@ -103,7 +107,7 @@ def test_other_adaptive_methods_accurate(method):
     assert (sol.x - exact(x0, 1.0)).abs().max() < 20 * tol
 
 
-def _nonlinear_field(x, t, y):
+def _nonlinear_field(x, t, y=None):
     return torch.tanh(x) * (1.0 + t.view(-1, *([1] * (x.ndim - 1)))) - 0.5 * x.flip(-1)
 
 
@@ -125,7 +129,7 @@ def test_forward_then_reverse_returns_start(method):
 def test_model_receives_time_of_shape_batch(method):
     seen = []
 
-    def v(x, t, y):
+    def v(x, t, y=None):
         assert x.shape == (5, 2, 3, 3)
         assert t.shape == (5,) and t.dtype == x.dtype and t.device == x.device
         assert torch.all(t == t[0])
@@ -145,7 +149,7 @@ def test_model_receives_time_of_shape_batch(method):
 def test_dopri5_never_evaluates_outside_the_interval():
     seen = []
 
-    def v(x, t, y):  # tiny velocity: torchdiffeq's initial-step probe would go far past t=1
+    def v(x, t, y=None):  # tiny velocity: torchdiffeq's initial-step probe would go far past t=1
         seen.append(t[0].item())
         return 1e-3 * torch.ones_like(x)
 
@@ -159,7 +163,7 @@ def test_dopri5_never_evaluates_outside_the_interval():
 def test_conditioning_is_passed_explicitly():
     means = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]], dtype=torch.float64)
 
-    def v(x, t, y):
+    def v(x, t, y=None):
         return means[y]
 
     y = torch.tensor([0, 2, 1, 1])
@@ -170,14 +174,14 @@ def test_conditioning_is_passed_explicitly():
 @pytest.mark.parametrize("method", FIXED_METHODS)
 @pytest.mark.parametrize("steps", [1, 7])
 def test_nfe_fixed_equals_steps_times_evals(method, steps):
-    sol = solve_ode(lambda x, t, y: -x, torch.ones(2, 2), method=method, steps=steps)
+    sol = solve_ode(lambda x, t, y=None: -x, torch.ones(2, 2), method=method, steps=steps)
     assert sol.nfe == steps * EVALS[method]
-    assert nfe_to_steps(method, sol.nfe) == steps
+    assert steps_for_nfe(method, sol.nfe) == steps
 
 
 def test_default_steps_is_100():
     assert DEFAULT_STEPS == 100
-    sol = solve_ode(lambda x, t, y: -x, torch.ones(2, 2))  # midpoint by default
+    sol = solve_ode(lambda x, t, y=None: -x, torch.ones(2, 2))  # midpoint by default
     assert sol.nfe == 2 * 100 and sol.times.shape == (101,)
     assert torch.allclose(sol.times[[0, -1]], torch.tensor([0.0, 1.0]))
 
@@ -186,7 +190,7 @@ def test_default_steps_is_100():
 def test_nfe_adaptive_matches_counting_wrapper(method):
     calls = [0]
 
-    def v(x, t, y):
+    def v(x, t, y=None):
         calls[0] += 1
         return torch.sin(3.0 * x) + t[:, None]
 
@@ -194,19 +198,48 @@ def test_nfe_adaptive_matches_counting_wrapper(method):
     assert sol.nfe == calls[0] > 0
 
 
-def test_nfe_to_steps_errors():
-    assert nfe_to_steps("rk4", 40) == 10
-    assert nfe_to_steps("euler", 3) == 3
+def test_steps_for_nfe_errors():
+    assert steps_for_nfe("rk4", 40) == 10
+    assert steps_for_nfe("euler", 3) == 3
     for method, nfe in (("rk4", 6), ("midpoint", 3), ("euler", 0), ("heun", -2), ("euler", 2.0)):
         with pytest.raises(ValueError, match="nfe"):
-            nfe_to_steps(method, nfe)
+            steps_for_nfe(method, nfe)
     with pytest.raises(ValueError, match="fixed-step"):
-        nfe_to_steps("dopri5", 10)
+        steps_for_nfe("dopri5", 10)
     with pytest.raises(ValueError, match="unknown ODE method"):
-        nfe_to_steps("rk45", 10)
+        steps_for_nfe("rk45", 10)
+    assert steps_for_nfe("rk4", None) is None and steps_for_nfe("dopri5", None) is None
+    with pytest.raises(ValueError, match="unknown ODE method"):
+        steps_for_nfe("rk45", None)
 
 
-def _v(x, t, y):
+def test_evals_per_step_is_the_count_of_solve_ode():
+    for method in FIXED_METHODS:
+        one_step = solve_ode(lambda x, t: -x, torch.ones(1, 1), method=method, steps=1)
+        assert evals_per_step(method) == EVALS[method] == one_step.nfe
+    with pytest.raises(ValueError, match="adaptive"):
+        evals_per_step("dopri5")
+    with pytest.raises(ValueError, match="unknown ODE method"):
+        evals_per_step("rk45")
+
+
+@pytest.mark.parametrize(
+    "method, nfe, fitted",
+    [("rk4", 10, 8), ("rk4", 8, 8), ("rk4", 2, 4), ("midpoint", 7, 6), ("heun", 1, 2), ("euler", 5, 5)],
+)
+def test_fit_nfe_rounds_down_to_whole_steps(method, nfe, fitted):
+    assert fit_nfe(method, nfe) == fitted
+
+
+@pytest.mark.parametrize(
+    "method, nfe, match", [("dopri5", 10, "adaptive"), ("rk4", 0, "positive"), ("euler", 2.5, "positive")]
+)
+def test_fit_nfe_errors(method, nfe, match):
+    with pytest.raises(ValueError, match=match):
+        fit_nfe(method, nfe)
+
+
+def _v(x, t, y=None):
     return -x
 
 
@@ -249,14 +282,14 @@ def test_non_finite_start_raises(bad):
 
 def test_wrong_velocity_shape_raises():
     with pytest.raises(ValueError, match="velocity returned shape"):
-        solve_ode(lambda x, t, y: x.sum(-1), torch.ones(2, 3), method="euler", steps=2)
+        solve_ode(lambda x, t, y=None: x.sum(-1), torch.ones(2, 3), method="euler", steps=2)
 
 
 def test_time_grid_non_uniform_euler_matches_closed_form_product():
     # Euler on dx/dt = a x multiplies by (1 + a h_i) per step: an independent closed form
     grid = [0.0, 0.1, 0.35, 0.4, 0.8, 1.0]
     x0 = _x0()
-    sol = solve_ode(lambda x, t, y: A * x, x0, method="euler", time_grid=grid, return_trajectory=True)
+    sol = solve_ode(lambda x, t, y=None: A * x, x0, method="euler", time_grid=grid, return_trajectory=True)
     expected = [x0]
     for ta, tb in zip(grid[:-1], grid[1:]):
         expected.append(expected[-1] * (1.0 + A * (tb - ta)))
@@ -270,7 +303,7 @@ def test_time_grid_non_uniform_euler_matches_closed_form_product():
 def test_time_grid_accepts_tensor_and_consistent_endpoints():
     grid = torch.tensor([1.0, 0.6, 0.0])  # reverse grid, endpoints repeated consistently
     x1 = _x0()
-    sol = solve_ode(lambda x, t, y: A * x, x1, method="rk4", time_grid=grid, t0=1.0, t1=0.0)
+    sol = solve_ode(lambda x, t, y=None: A * x, x1, method="rk4", time_grid=grid, t0=1.0, t1=0.0)
     assert sol.nfe == 8
     assert sol.times.dtype == torch.float64 and torch.allclose(sol.times, grid.double())
     assert torch.allclose(sol.x, x1 * math.exp(-A), rtol=1e-2)
@@ -279,14 +312,15 @@ def test_time_grid_accepts_tensor_and_consistent_endpoints():
 def test_adaptive_trajectory_at_grid_points_or_endpoints():
     x0 = _x0((2, 2, 2))
     grid = [0.0, 0.25, 0.5, 0.75, 1.0]
-    sol = solve_ode(lambda x, t, y: A * x, x0, method="dopri5", time_grid=grid, atol=1e-9, rtol=1e-9,
+    sol = solve_ode(lambda x, t, y=None: A * x, x0, method="dopri5", time_grid=grid, atol=1e-9, rtol=1e-9,
                     return_trajectory=True)
     assert sol.trajectory.shape == (5, 2, 2, 2)
     expected = torch.stack([x0 * math.exp(A * t) for t in grid])
     assert torch.allclose(sol.trajectory, expected, atol=1e-7)
-    plain = solve_ode(lambda x, t, y: A * x, x0, method="dopri5", return_trajectory=True)
-    assert plain.trajectory.shape == (2, 2, 2, 2) and torch.allclose(plain.times, torch.tensor([0.0, 1.0], dtype=torch.float64))
-    assert solve_ode(lambda x, t, y: A * x, x0, method="dopri5").trajectory is None
+    plain = solve_ode(lambda x, t, y=None: A * x, x0, method="dopri5", return_trajectory=True)
+    assert plain.trajectory.shape == (2, 2, 2, 2)
+    assert torch.allclose(plain.times, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert solve_ode(lambda x, t, y=None: A * x, x0, method="dopri5").trajectory is None
 
 
 def test_fixed_trajectory_shape_and_times():
@@ -300,11 +334,11 @@ def test_fixed_trajectory_shape_and_times():
 
 def test_no_graph_by_default_and_gradient_with_grad_true():
     x0 = torch.tensor([[0.3, -0.2]], dtype=torch.float64, requires_grad=True)
-    sol = solve_ode(lambda x, t, y: A * x, x0, method="rk4", steps=20)
+    sol = solve_ode(lambda x, t, y=None: A * x, x0, method="rk4", steps=20)
     assert not sol.x.requires_grad
-    sol = solve_ode(lambda x, t, y: A * x, x0, method="rk4", steps=20, grad=True)
+    sol = solve_ode(lambda x, t, y=None: A * x, x0, method="rk4", steps=20, grad=True)
     (g,) = torch.autograd.grad(sol.x.sum(), x0)
     assert torch.allclose(g, torch.full_like(g, math.exp(A)), rtol=1e-6)  # d x(1) / d x(0) = e^A
-    sol = solve_ode(lambda x, t, y: A * x, x0, method="dopri5", grad=True, atol=1e-9, rtol=1e-9)
+    sol = solve_ode(lambda x, t, y=None: A * x, x0, method="dopri5", grad=True, atol=1e-9, rtol=1e-9)
     (g,) = torch.autograd.grad(sol.x.sum(), x0)
     assert torch.allclose(g, torch.full_like(g, math.exp(A)), rtol=1e-6)

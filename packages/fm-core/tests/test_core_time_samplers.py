@@ -7,15 +7,6 @@ from scipy import stats
 from fm_core import LogitNormalTime, StratifiedTime, TimeSampler, UniformTime, get_time_sampler
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread avoids contention on a shared CPU (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SAMPLERS = [UniformTime(), LogitNormalTime(), LogitNormalTime(mean=-1.0, std=2.0), StratifiedTime()]
 IDS = [repr(s) for s in SAMPLERS]
 

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from fm_data import images as im
-from fm_data.images import DataError, find_dataset_dir, load_images, read_idx, to_model, to_uint8
+from fm_data.images import DataError, find_dataset_dir, load_images, parse_classes, read_idx, to_model, to_uint8
 
 _ROOT = Path(__file__).resolve().parents[3]
 _DEFAULT_DATA = (_ROOT / ".." / "shared" / "data").resolve()
@@ -108,7 +107,7 @@ def test_real_mnist_train_counts_and_class_subset(monkeypatch):
     monkeypatch.setenv("FM_DATA_DIR", str(REAL))
     data = load_images("mnist", "train")
     counts = torch.bincount(data.labels, minlength=10).tolist()
-    assert counts == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # shared/data/README.md
+    assert counts == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # the published MNIST training split
     threes = load_images("mnist", "train", classes=[3])
     assert len(threes) == 6131 and bool((threes.labels == 3).all())
     assert torch.equal(threes.images, data.images[data.labels == 3])
@@ -334,3 +333,13 @@ def test_scaling_errors():
         to_uint8(torch.zeros(1, 1, 28, 28, dtype=torch.uint8))
     with pytest.raises(DataError, match="crop"):
         to_uint8(torch.zeros(1, 1, 20, 20))
+
+
+def test_parse_classes_sorts_dedups_and_names_bad_values():
+    assert parse_classes("3") == [3]
+    assert parse_classes("5,3,5") == [3, 5]
+    assert parse_classes([9, 0]) == [0, 9]
+    assert parse_classes(None) is None
+    for bad in ("10", "-1", "a", "3,", "", "3;5"):
+        with pytest.raises(ValueError, match=repr(bad).strip("'") if bad else "classes"):
+            parse_classes(bad)

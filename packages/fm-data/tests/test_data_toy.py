@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from fm_data.toy import (
     TOY_DATASETS,
     Checkerboard,

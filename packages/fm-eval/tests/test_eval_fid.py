@@ -2,7 +2,7 @@
 
 The Frechet distance is checked against closed forms (1-D, commuting covariances) and against an
 independent scipy.linalg.sqrtm computation; the shipped classifiers against the real test split
-(FM_DATA_DIR, CI: ../shared/data; skipped when absent).
+(the ``data_dir`` fixture of conftest.py: FM_DATA_DIR, CI: ../shared/data; skipped when absent).
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,29 +26,7 @@ fidmod = importlib.import_module("fm_eval.fid")  # the module (fm_eval.fid is al
 
 BARS = {"mnist": 0.990, "fashion-mnist": 0.90}  # issue 5: required test accuracy of the classifiers
 
-_ROOT = Path(__file__).resolve().parents[3]
-
-
-def _data_dir() -> Path | None:
-    env = os.environ.get("FM_DATA_DIR")
-    for d in ([Path(env)] if env else []) + [(_ROOT / ".." / "shared" / "data").resolve()]:
-        if (d / "mnist" / "t10k-images-idx3-ubyte.gz").is_file() and (d / "fashion-mnist").is_dir():
-            return d
-    return None
-
-
-DATA = _data_dir()
-needs_data = pytest.mark.skipif(DATA is None, reason="MNIST/Fashion-MNIST not found (set FM_DATA_DIR=../shared/data)")
 DATASETS = ("mnist", "fashion-mnist")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches: one thread avoids OpenMP barrier stalls on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------- Frechet distance, closed forms
@@ -136,13 +112,10 @@ def test_shipped_weights_are_safetensors_and_match_the_record(dataset):
 
 
 @pytest.fixture(scope="module")
-def test_images():
-    if DATA is None:
-        pytest.skip("no data")
-    return {d: load_images(d, "test", DATA) for d in DATASETS}
+def test_images(data_dir):
+    return {d: load_images(d, "test", data_dir) for d in DATASETS}
 
 
-@needs_data
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_classifier_accuracy_on_1000_test_images(dataset, test_images):
     data = test_images[dataset]
@@ -153,7 +126,6 @@ def test_classifier_accuracy_on_1000_test_images(dataset, test_images):
     assert label_accuracy(data.images[idx[:200]], (data.labels[idx[:200]] + 1) % 10, dataset) < 0.1
 
 
-@needs_data
 def test_coverage(test_images):
     data = test_images["fashion-mnist"]
     cov = coverage(data.images[:2000], "fashion-mnist")
@@ -169,7 +141,6 @@ def test_coverage(test_images):
 # ---------------------------------------------------------------- FID on real data
 
 
-@needs_data
 def test_fid_of_a_set_with_itself_is_zero(test_images):
     imgs = test_images["mnist"].images[:500]
     r = fid(imgs, "mnist", reference=imgs)
@@ -177,22 +148,20 @@ def test_fid_of_a_set_with_itself_is_zero(test_images):
     assert (r.n_samples, r.n_reference, r.reference, r.feature_dim) == (500, 500, "images", 128)
 
 
-@needs_data
 @pytest.mark.parametrize("dataset", DATASETS)
-def test_fid_real_train_small_noise_large(dataset, monkeypatch):
+def test_fid_real_train_small_noise_large(dataset, monkeypatch, data_dir):
     monkeypatch.setattr(fidmod, "_REF_CACHE", {})
-    train = load_images(dataset, "train", DATA)
+    train = load_images(dataset, "train", data_dir)
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:1000]
-    real = fid(train.images[idx], dataset, reference="test", n_reference=1000, data_dir=DATA)
+    real = fid(train.images[idx], dataset, reference="test", n_reference=1000, data_dir=data_dir)
     assert real.n_samples == 1000 and real.n_reference == 1000 and real.reference == "test"
     noise = torch.randint(0, 256, (1000, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    bad = fid(noise, dataset, reference="test", n_reference=1000, data_dir=DATA)
+    bad = fid(noise, dataset, reference="test", n_reference=1000, data_dir=data_dir)
     assert len(fidmod._REF_CACHE) == 1  # the reference statistics were computed once
     assert real.fid < 5.0, real  # measured about 1.0 for both data sets at 1,000 vs 1,000
     assert bad.fid > 50 * max(real.fid, 1.0), (real, bad)  # measured 130-200
 
 
-@needs_data
 def test_fid_warns_on_few_samples_and_validates_input(test_images):
     imgs = test_images["mnist"].images
     with pytest.warns(UserWarning, match="rank-deficient"):
@@ -211,10 +180,9 @@ def test_fid_warns_on_few_samples_and_validates_input(test_images):
 
 
 @pytest.mark.slow
-@needs_data
-def test_train_classifier_reproduces_the_bar(tmp_path):
+def test_train_classifier_reproduces_the_bar(tmp_path, data_dir):
     from fm_eval.train_classifier import main
 
-    assert main(["--dataset", "mnist", "--data-dir", str(DATA), "--epochs", "1", "--out", str(tmp_path)]) == 0
+    assert main(["--dataset", "mnist", "--data-dir", str(data_dir), "--epochs", "1", "--out", str(tmp_path)]) == 0
     rec = json.loads((tmp_path / "mnist.json").read_text())
     assert rec["test_accuracy"] > 0.98 and (tmp_path / "mnist.safetensors").stat().st_size < 2_000_000

@@ -6,8 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
-from safetensors.torch import save_file
-
 from fm_latent import (
     LatentCacheError,
     LatentVAE,
@@ -17,7 +15,7 @@ from fm_latent import (
     small_autoencoder_kl,
     vae_loss,
 )
-
+from safetensors.torch import save_file
 
 torch.set_num_threads(1)  # tiny models: one thread avoids OpenMP stalls on a busy machine
 

@@ -9,9 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
-
 from fm_latent import LatentVAE, LatentVAEError, downsample_factor, pad_to_multiple, scale_shift_from_latents
-
 
 torch.set_num_threads(1)  # tiny models: one thread avoids OpenMP stalls on a busy machine
 

@@ -8,10 +8,8 @@ import math
 
 import pytest
 import torch
-
 from fm_nets import DIT_CONFIGS, DiT, build_net
 from fm_nets.dit import sincos_pos_embed_2d
-
 
 torch.set_num_threads(1)  # tiny nets: one thread avoids OpenMP stalls on a busy machine
 

@@ -6,9 +6,8 @@ import json
 
 import pytest
 import torch
-from torch import nn
-
 from fm_nets import MLPVelocity, build_net
+from torch import nn
 
 
 def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:

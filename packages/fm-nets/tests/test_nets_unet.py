@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-
 from fm_nets import build_net
 from fm_nets.unet import UNet
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():

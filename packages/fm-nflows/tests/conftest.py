@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
 from fm_nflows import ActNorm, AffineCoupling, InvertibleLinear
+from torch import nn
 
 
 def randomize_(module: nn.Module, seed: int = 0, scale: float = 0.4) -> nn.Module:

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-
 from fm_nflows import ActNorm, Flow, InvertibleLinear, build_flow, load_flow, save_flow
 
 DTYPE = torch.float64
@@ -53,8 +52,8 @@ def test_flow_logdet_matches_autograd_jacobian(num_classes, randomize):
     _, ld_i = flow.inverse(z, y)
     for i in range(5):
         yi = None if y is None else y[i : i + 1]
-        jf = torch.autograd.functional.jacobian(lambda v: flow(v[None], yi)[0][0], x[i])
-        ji = torch.autograd.functional.jacobian(lambda v: flow.inverse(v[None], yi)[0][0], z[i])
+        jf = torch.autograd.functional.jacobian(lambda v, yi=yi: flow(v[None], yi)[0][0], x[i])
+        ji = torch.autograd.functional.jacobian(lambda v, yi=yi: flow.inverse(v[None], yi)[0][0], z[i])
         assert abs(ld_f[i].item() - torch.linalg.slogdet(jf)[1].item()) < 1e-9
         assert abs(ld_i[i].item() - torch.linalg.slogdet(ji)[1].item()) < 1e-9
     assert ld_f.abs().max() > 1e-2

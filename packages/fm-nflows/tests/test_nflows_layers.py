@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from fm_nflows import ActNorm, AffineCoupling, InvertibleLinear, Permutation, alternating_mask
 from fm_nflows.functional import invert_permutation, soft_bound
 
@@ -59,7 +58,7 @@ def per_sample_slogdet(fn, x, ctx):
     out = []
     for i in range(x.shape[0]):
         c = None if ctx is None else ctx[i : i + 1]
-        jac = torch.autograd.functional.jacobian(lambda v: fn(v[None], c)[0][0], x[i])
+        jac = torch.autograd.functional.jacobian(lambda v, c=c: fn(v[None], c)[0][0], x[i])
         sign, logabs = torch.linalg.slogdet(jac)
         assert sign != 0
         out.append(logabs)

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from fm_nflows import build_flow, fit
 
 MEAN = torch.tensor([1.0, -0.5])

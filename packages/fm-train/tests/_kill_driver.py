@@ -29,13 +29,12 @@ import random
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
-
 import fm_train.checkpoint as ck
 import fm_train.history as hist
+import numpy as np
+import torch
 from fm_train import TrainConfig, Trainer
+from torch import nn
 
 STEPS = 16  # default budget; the tests pass their own
 CKPT_EVERY = 2
@@ -56,9 +55,9 @@ def config(steps: int = STEPS) -> TrainConfig:
                        log_every=3, ckpt_every=CKPT_EVERY, ckpt_minutes=None, progress=False, device="cpu")  # fmt: skip
 
 
-def loss_fn(model, x, g):
+def loss_fn(model, x, ctx):
     # randomness from the Trainer's generator and from torch's, NumPy's and Python's global RNGs
-    noise = torch.randn(x.shape, generator=g)
+    noise = torch.randn(x.shape, generator=ctx.generator)
     w = 1.0 + 0.1 * float(np.random.rand()) + 0.1 * random.random()
     return w * ((model(x + noise) - x) ** 2).mean()
 
@@ -72,8 +71,10 @@ def reference_state(run_dir: Path, steps: int = STEPS) -> dict[str, torch.Tensor
     torch.manual_seed(123)
     t = Trainer(Net(), loss_fn, batch_fn, config(steps), run_dir, extra_config={"net": "tiny"})
     t.train()
-    return {**{f"model.{k}": v.clone() for k, v in t.model.state_dict().items()},
-            **{f"ema.{k}": v.clone() for k, v in t.ema.module.state_dict().items()}}
+    return {
+        **{f"model.{k}": v.clone() for k, v in t.model.state_dict().items()},
+        **{f"ema.{k}": v.clone() for k, v in t.ema.module.state_dict().items()},
+    }
 
 
 class _Channel:
@@ -93,7 +94,12 @@ class _Channel:
 def run(run_dir: Path, ev_fd: int, go_fd: int, steps: int = STEPS) -> None:
     """Resume (or start) the run in ``run_dir`` and train it to the end, pausing at every event."""
     ch = _Channel(ev_fd, go_fd)
-    real_save, real_rename, real_fsync_dir, real_atomic = ck._st_save_file, ck._rename, ck._fsync_dir, hist.atomic_write_text
+    real_save, real_rename, real_fsync_dir, real_atomic = (
+        ck._st_save_file,
+        ck._rename,
+        ck._fsync_dir,
+        hist.atomic_write_text,
+    )
 
     def save_file(tensors, filename, metadata=None):
         if filename.endswith(ck.MODEL_FILE):
@@ -118,7 +124,9 @@ def run(run_dir: Path, ev_fd: int, go_fd: int, steps: int = STEPS) -> None:
     def fsync_dir(path):
         real_fsync_dir(path)
         if Path(path).name != ck.CHECKPOINT_DIRNAME and not Path(path).name.startswith(ck.CHECKPOINT_DIRNAME + "."):
-            if (Path(path) / ck.CHECKPOINT_DIRNAME).is_dir() and (Path(path) / (ck.CHECKPOINT_DIRNAME + ".old")).is_dir():
+            if (Path(path) / ck.CHECKPOINT_DIRNAME).is_dir() and (
+                Path(path) / (ck.CHECKPOINT_DIRNAME + ".old")
+            ).is_dir():
                 ch.wait("after-renames")
 
     def atomic(path, text):

@@ -4,12 +4,19 @@ import json
 import os
 from pathlib import Path
 
+import fm_train.checkpoint as ck
 import pytest
 import torch
+from fm_train import (
+    CheckpointError,
+    find_checkpoint,
+    load_checkpoint,
+    load_model_for_sampling,
+    load_weights,
+    recover_checkpoint,
+    save_checkpoint,
+)
 from torch import nn
-
-import fm_train.checkpoint as ck
-from fm_train import CheckpointError, find_checkpoint, load_checkpoint, load_model_for_sampling, load_weights, recover_checkpoint, save_checkpoint
 
 
 def _state(value: float) -> dict:
@@ -37,7 +44,12 @@ def _net_state(value, hidden=2):
 
 
 def _save_net(path, step=1, value=1.0):
-    return save_checkpoint(path, model_state=_net_state(value), ema_state=_net_state(value + 1), config={"step": step, "net": {"hidden": 2}})
+    return save_checkpoint(
+        path,
+        model_state=_net_state(value),
+        ema_state=_net_state(value + 1),
+        config={"step": step, "net": {"hidden": 2}},
+    )
 
 
 def _one_line(err: pytest.ExceptionInfo) -> str:
@@ -48,7 +60,12 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
 
 def test_round_trip(tmp_path):
     path = _save(tmp_path / "checkpoint", 3, 1.0)
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "ema.safetensors", "model.safetensors", "train_state.pt"]
+    assert sorted(p.name for p in path.iterdir()) == [
+        "config.json",
+        "ema.safetensors",
+        "model.safetensors",
+        "train_state.pt",
+    ]
     c = load_checkpoint(tmp_path)  # a run dir works as well as the checkpoint dir
     assert c.path == path and c.step == 3
     assert c.config["format"] == "fm-train-checkpoint" and c.config["net"] == {"hidden": 2}
@@ -160,7 +177,9 @@ def test_missing_tensor(tmp_path):
     path = _save_net(tmp_path / "ck")
     state = load_checkpoint(path).model
     del state["lin.bias"]
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: does not fit the model \(missing tensors: lin\.bias\)") as err:
+    with pytest.raises(
+        CheckpointError, match=r"model\.safetensors: does not fit the model \(missing tensors: lin\.bias\)"
+    ) as err:
         load_weights(Net(), state, path / "model.safetensors")
     _one_line(err)
 
@@ -175,7 +194,9 @@ def test_extra_tensor_in_file(tmp_path):
 
 def test_wrong_shape(tmp_path):
     path = _save_net(tmp_path / "ck")
-    with pytest.raises(CheckpointError, match=r"ema\.safetensors: .*wrong shapes: lin\.weight \[2, 3\] in the file vs \[5, 3\]") as err:
+    with pytest.raises(
+        CheckpointError, match=r"ema\.safetensors: .*wrong shapes: lin\.weight \[2, 3\] in the file vs \[5, 3\]"
+    ) as err:
         load_model_for_sampling(path, lambda cfg: Net(hidden=5))
     _one_line(err)
 

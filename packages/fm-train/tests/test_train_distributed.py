@@ -34,8 +34,19 @@ def _run_two(tmp_path, run_dir, cfg_kw, resume=False) -> list[dict]:
     out = tmp_path / f"ranks-{run_dir.name}-{int(resume)}"
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(_DRIVER_PATH),
-           str(run_dir), json.dumps(cfg_kw), "1" if resume else "0", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(_DRIVER_PATH),
+        str(run_dir),
+        json.dumps(cfg_kw),
+        "1" if resume else "0",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -66,6 +77,9 @@ def test_two_processes_match_one_process(one_process, tmp_path):
     run = tmp_path / "two"
     ranks = _run_two(tmp_path, run, {"steps": 6})
     assert [r["steps"] for r in ranks] == [6, 6] and [r["world"] for r in ranks] == [2, 2]
+    # the loss saw its StepContext: step 1..6, this rank, 2 processes, shard (rank, 2)
+    for r in (0, 1):
+        assert ranks[r]["contexts"] == [[step, r, 2, [r, 2]] for step in range(1, 7)]
     _assert_close(_weights(run), _weights(one_process / "six"))
     # the logged loss is the mean over ranks, i.e. the one-process loss
     a = (run / "loss.csv").read_text().splitlines()
@@ -91,6 +105,7 @@ def test_resume_with_another_number_of_processes(tmp_path):
     assert [r["steps"] for r in ranks] == [3, 3]
     res = driver.train(run, {"steps": 6, **const}, resume=True)
     assert res["this_call"] == 3 and res["world"] == 1
+    assert res["contexts"] == [[step, 0, 1, None] for step in (4, 5, 6)]  # one process: no shard
     _assert_close(_weights(run), _weights(ref))
     # and the other way: one process for 3 steps, two processes to 6
     run2 = tmp_path / "mixed2"
@@ -109,3 +124,76 @@ def test_minutes_budget_and_time_checkpoints_stop_every_rank_at_the_same_step(tm
     assert ranks[0]["ckpt_step"] == ranks[1]["ckpt_step"] == ranks[0]["steps"]
     # only rank 0 wrote: one checkpoint, one loss.csv, no stray files
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "config.json", "loss.csv"]
+
+
+def test_rank_0_stop_fn_stops_every_rank_and_only_rank_0_logs(tmp_path):
+    run = tmp_path / "stopped"
+    ranks = _run_two(tmp_path, run, {"steps": 10, "stop_at": 4})
+    assert [r["steps"] for r in ranks] == [4, 4] and [r["stopped_by"] for r in ranks] == ["callback", "callback"]
+    assert [r["ckpt_step"] for r in ranks] == [4, 4]  # the final checkpoint, written together
+    assert ranks[0]["stop_calls"] == [2, 4] and ranks[1]["stop_calls"] == []  # rank 1's stop_fn is never asked
+    assert ranks[0]["logged"] == [2, 4] and ranks[1]["logged"] == []
+    assert [line.split(",")[0] for line in (run / "loss.csv").read_text().splitlines()] == ["step", "2", "4"]
+    # one process continues it to the budget
+    res = driver.train(run, {"steps": 10}, resume=True)
+    assert (res["steps"], res["this_call"], res["stopped_by"]) == (10, 6, "steps")
+    driver.train(tmp_path / "ref10", {"steps": 10})  # an uninterrupted one-process run of the same config
+    _assert_close(_weights(run), _weights(tmp_path / "ref10"))
+
+
+# ----------------------------------------------------------------------------- wording and stdout policy
+
+
+def test_launch_problems_name_no_flags_unless_the_command_line_gives_them(monkeypatch):
+    from fm_train import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert distributed.launch_problem(6, True) is None
+    assert distributed.launch_problem(6, False) == (
+        "under torchrun give the run directory: every process must write to, and read from, the same run directory"
+    )
+    assert distributed.launch_problem(7, True) == (
+        "the batch size 7 does not split evenly over 3 processes; the batch is global (each process trains on "
+        "batch/3 of it): choose a multiple of 3"
+    )
+    names = {"run_dir": "--out", "batch_size": "--batch-size"}
+    assert distributed.launch_problem(6, False, names).startswith("under torchrun give --out: every process")
+    assert distributed.launch_problem(7, True, names).startswith("--batch-size 7 does not split evenly over 3")
+    with pytest.raises(ValueError, match="unknown launch name"):
+        distributed.launch_problem(6, True, {"out": "--out"})
+
+    class Usage(Exception):
+        pass
+
+    def usage_error(msg):
+        raise Usage(msg)
+
+    with pytest.raises(Usage, match="^--batch-size 7 does not split"):
+        distributed.start_training(7, True, "cpu", "demo", usage_error, names=names)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.launch_problem(7, False) is None
+
+
+def test_stdout_of_other_ranks_is_left_alone_by_default():
+    import inspect
+
+    from fm_train import distributed
+
+    assert inspect.signature(distributed.setup).parameters["quiet_others"].default is False
+    assert inspect.signature(distributed.start_training).parameters["quiet_others"].default is False
+
+
+def test_fm_train_names_no_command_line_flag_of_an_app():
+    """Strings in fm_train's source (messages and docstrings) do not mention the apps' flags."""
+    import ast
+    import re
+
+    import fm_train
+
+    flag = re.compile(r"--(out|batch-size|resume|device|steps|minutes|run|seed|threads|recipe)\b")
+    found = []
+    for path in sorted(Path(fm_train.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and flag.search(node.value):
+                found.append(f"{path.name}:{node.lineno}: {flag.search(node.value).group(0)}")
+    assert not found, found

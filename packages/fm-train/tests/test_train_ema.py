@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from torch import nn
-
 from fm_train import EMA
+from torch import nn
 
 
 class WithBuffer(nn.Module):

@@ -22,10 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+import fm_train.checkpoint as ck
 import pytest
 import torch
-
-import fm_train.checkpoint as ck
 from fm_train import CheckpointError, LossHistory, Trainer, TrainingDivergedError, check_state_dict, load_checkpoint
 
 torch.set_num_threads(1)
@@ -260,7 +259,11 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one_and_resume_is_exac
     with pytest.raises(CheckpointError) as err:
         _trainer(run_dir).train()
     msg = _one_line(str(err.value))
-    assert str(run_dir / "checkpoint") in msg and "No space left on device" in msg and "previous checkpoint is intact" in msg
+    assert (
+        str(run_dir / "checkpoint") in msg
+        and "No space left on device" in msg
+        and "previous checkpoint is intact" in msg
+    )
     monkeypatch.undo()
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint", "config.json", "loss.csv"]  # no tmp left
     assert load_checkpoint(run_dir).step == 2
@@ -359,6 +362,7 @@ def test_non_finite_batch_stops_at_that_step_and_keeps_the_last_good_checkpoint(
     assert "diverged at step 5" in msg and "step 4" in msg
     c = load_checkpoint(tmp_path / "run")
     assert c.step == 4 and all(torch.isfinite(v).all() for v in c.model.values())
+
     # the kept checkpoint is exactly what a clean run of the same config had at step 4
     class Stop(Exception):
         pass
@@ -380,9 +384,9 @@ def test_inf_loss_on_a_checkpoint_step_is_caught_before_the_checkpoint(tmp_path)
     """The loss of step 6 is inf and step 6 writes a checkpoint: it must not be written."""
     calls = {"n": 0}
 
-    def inf_at_6(model, x, g):
+    def inf_at_6(model, x, ctx):
         calls["n"] += 1
-        loss = driver.loss_fn(model, x, g)
+        loss = driver.loss_fn(model, x, ctx)
         return loss * float("inf") if calls["n"] == 6 else loss
 
     t = _trainer(tmp_path / "run", loss_fn=inf_at_6)

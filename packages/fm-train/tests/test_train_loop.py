@@ -6,8 +6,6 @@ import random
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from fm_train import (
     CheckpointError,
     LossHistory,
@@ -18,6 +16,7 @@ from fm_train import (
     load_model_for_sampling,
     lr_at,
 )
+from torch import nn
 
 torch.set_num_threads(1)
 
@@ -42,10 +41,10 @@ def batch_fn(step, g):
     return DATA[torch.randint(0, len(DATA), (8,), generator=g)]
 
 
-def loss_fn(model, x, g):
+def loss_fn(model, x, ctx):
     # Randomness from the Trainer's generator, and from torch's global RNG (dropout),
     # NumPy's and Python's: all four must be restored for an exact resume.
-    noise = torch.randn(x.shape, generator=g)
+    noise = torch.randn(x.shape, generator=ctx.generator)
     w = 1.0 + 0.1 * float(np.random.rand()) + 0.1 * random.random()
     return w * ((model(x + noise) - x) ** 2).mean()
 
@@ -92,19 +91,40 @@ def sample_fn_factory(calls):
 
 def test_resume_after_crash_is_exact(tmp_path):
     straight_samples, resumed_samples = [], []
-    t1 = Trainer(make_net(), loss_fn, batch_fn, cfg(sample_every=3), tmp_path / "a", sample_fn=sample_fn_factory(straight_samples))
+    t1 = Trainer(
+        make_net(),
+        loss_fn,
+        batch_fn,
+        cfg(sample_every=3),
+        tmp_path / "a",
+        sample_fn=sample_fn_factory(straight_samples),
+    )
     r1 = t1.train()
     assert r1.steps == 20 and r1.steps_this_call == 20
 
     # Crash at step 13: the checkpoint of step 10 survives; steps 11-12 are lost.
-    t2 = Trainer(make_net(), loss_fn, crashing_batch_fn(13), cfg(sample_every=3), tmp_path / "b", sample_fn=sample_fn_factory(resumed_samples))
+    t2 = Trainer(
+        make_net(),
+        loss_fn,
+        crashing_batch_fn(13),
+        cfg(sample_every=3),
+        tmp_path / "b",
+        sample_fn=sample_fn_factory(resumed_samples),
+    )
     with pytest.raises(Crash):
         t2.train()
     assert load_checkpoint(tmp_path / "b").step == 10
 
     # A new process: different init, disturbed global RNGs.
     torch.manual_seed(999), np.random.seed(5), random.seed(7)
-    t3 = Trainer(make_net(init_seed=7), loss_fn, batch_fn, cfg(sample_every=3), tmp_path / "b", sample_fn=sample_fn_factory(resumed_samples))
+    t3 = Trainer(
+        make_net(init_seed=7),
+        loss_fn,
+        batch_fn,
+        cfg(sample_every=3),
+        tmp_path / "b",
+        sample_fn=sample_fn_factory(resumed_samples),
+    )
     r3 = t3.train(resume=True)
     assert r3.steps == 20 and r3.steps_this_call == 10
     assert_same(params(t1.model), params(t3.model))
@@ -133,9 +153,9 @@ def test_extending_the_step_budget_matches_one_long_run(tmp_path):
 def test_ema_of_the_trainer_follows_the_recurrence(tmp_path):
     trajectory = []
 
-    def recording_loss(model, x, g):
+    def recording_loss(model, x, ctx):
         trajectory.append([p.detach().clone() for p in model.parameters()])  # weights after the previous step
-        return loss_fn(model, x, g)
+        return loss_fn(model, x, ctx)
 
     net = make_net()
     expected = [p.detach().clone() for p in net.parameters()]
@@ -153,11 +173,11 @@ def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     calls = {"n": 0}
     snapshot = {}
 
-    def nan_at_7(model, x, g):
+    def nan_at_7(model, x, ctx):
         calls["n"] += 1
         if calls["n"] == 6:  # before step 6: the weights that step 5 left
             snapshot.update(params(model))
-        loss = loss_fn(model, x, g)
+        loss = loss_fn(model, x, ctx)
         return loss * float("nan") if calls["n"] == 7 else loss
 
     t = Trainer(make_net(), nan_at_7, batch_fn, cfg(log_every=10, ckpt_every=5), tmp_path)
@@ -174,9 +194,9 @@ def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_non_finite_weights_after_a_finite_loss_are_caught_before_checkpointing(tmp_path):
     calls = {"n": 0}
 
-    def inf_grad_at_5(model, x, g):
+    def inf_grad_at_5(model, x, ctx):
         calls["n"] += 1
-        loss = loss_fn(model, x, g)
+        loss = loss_fn(model, x, ctx)
         if calls["n"] == 5:
             p = next(model.parameters())
             loss = loss + torch.sqrt((p - p.detach()).abs().sum())  # value +0, gradient inf*0 = nan
@@ -193,14 +213,16 @@ def test_learning_rates_applied_match_the_closed_form(tmp_path):
     seen = []
     holder = {}
 
-    def loss_recording_lr(model, x, g):
+    def loss_recording_lr(model, x, ctx):
         seen.append(holder["t"].optimizer.param_groups[0]["lr"])
-        return loss_fn(model, x, g)
+        return loss_fn(model, x, ctx)
 
     c = cfg(steps=14, warmup_steps=4, schedule="cosine", lr=0.5, min_lr_ratio=0.1, ckpt_every=None)
     holder["t"] = Trainer(make_net(), loss_recording_lr, batch_fn, c, tmp_path)
     holder["t"].train()
-    want = [0.5 * min(1, s / 4) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * max(0, s - 4) / 10))) for s in range(1, 15)]
+    want = [
+        0.5 * min(1, s / 4) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * max(0, s - 4) / 10))) for s in range(1, 15)
+    ]
     assert seen == pytest.approx(want, rel=1e-12)
     assert lr_at(14, lr=0.5, warmup_steps=4, schedule="cosine", progress=1.0, min_lr_ratio=0.1) == pytest.approx(0.05)
 
@@ -248,12 +270,20 @@ def test_fresh_start_refuses_an_existing_checkpoint_and_resume_without_one_start
 def test_resume_refuses_a_different_config_or_model(tmp_path):
     c = cfg(steps=5, ckpt_every=None)
     Trainer(make_net(), loss_fn, batch_fn, c, tmp_path, extra_config={"net": {"hidden": 16}}).train()
-    with pytest.raises(CheckpointError, match=r"config\.json: config mismatch.*train\.lr=0\.01 in the checkpoint but 0\.02 now"):
-        Trainer(make_net(), loss_fn, batch_fn, c.replace(lr=0.02, steps=10), tmp_path, extra_config={"net": {"hidden": 16}}).train(resume=True)
+    with pytest.raises(
+        CheckpointError, match=r"config\.json: config mismatch.*train\.lr=0\.01 in the checkpoint but 0\.02 now"
+    ):
+        Trainer(
+            make_net(), loss_fn, batch_fn, c.replace(lr=0.02, steps=10), tmp_path, extra_config={"net": {"hidden": 16}}
+        ).train(resume=True)
     with pytest.raises(CheckpointError, match=r"config mismatch.*net\.hidden=16 in the checkpoint but 32 now"):
-        Trainer(make_net(), loss_fn, batch_fn, c.replace(steps=10), tmp_path, extra_config={"net": {"hidden": 32}}).train(resume=True)
+        Trainer(
+            make_net(), loss_fn, batch_fn, c.replace(steps=10), tmp_path, extra_config={"net": {"hidden": 32}}
+        ).train(resume=True)
     with pytest.raises(CheckpointError, match=r"model\.safetensors: does not fit the model.*wrong shapes"):
-        Trainer(make_net(hidden=32), loss_fn, batch_fn, c.replace(steps=10), tmp_path, extra_config={"net": {"hidden": 16}}).train(resume=True)
+        Trainer(
+            make_net(hidden=32), loss_fn, batch_fn, c.replace(steps=10), tmp_path, extra_config={"net": {"hidden": 16}}
+        ).train(resume=True)
 
 
 @pytest.mark.parametrize(
@@ -272,7 +302,7 @@ def test_bad_trainer_arguments(tmp_path, kw, match):
 
 
 def test_loss_must_be_a_scalar(tmp_path):
-    t = Trainer(make_net(), lambda m, x, g: (m(x) - x) ** 2, batch_fn, cfg(), tmp_path)
+    t = Trainer(make_net(), lambda m, x, ctx: (m(x) - x) ** 2, batch_fn, cfg(), tmp_path)
     with pytest.raises(ValueError, match=r"0-d tensor, got \[8, 3\]"):
         t.train()
 

@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 from fm_train import DEFAULT_STEPS, TrainConfig, decay_progress, lr_at
 
 
@@ -18,7 +17,10 @@ def test_no_warmup_constant():
 
 def test_cosine_closed_form():
     W, T = 4, 14  # decay over steps 4..14
-    got = [lr_at(s, lr=1.0, warmup_steps=W, schedule="cosine", progress=decay_progress(s, warmup_steps=W, total_steps=T)) for s in range(1, T + 1)]
+    got = [
+        lr_at(s, lr=1.0, warmup_steps=W, schedule="cosine", progress=decay_progress(s, warmup_steps=W, total_steps=T))
+        for s in range(1, T + 1)
+    ]
     want = [min(1.0, s / W) * 0.5 * (1 + math.cos(math.pi * max(0, s - W) / (T - W))) for s in range(1, T + 1)]
     assert got == pytest.approx(want, abs=1e-15)
     assert got[8] == pytest.approx(0.5)  # step 9: halfway

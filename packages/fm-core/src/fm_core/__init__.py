@@ -3,9 +3,11 @@ likelihood, guidance.
 
 Time convention everywhere: t = 0 is the source (standard Gaussian noise, x0), t = 1 is the data
 (x1); sampling integrates t from 0 to 1, encoding from 1 to 0. Velocity models are called as
-``model(x, t, y=None)`` with x [B, ...], t float [B] in [0, 1] and y int64 [B] or None.
+``model(x, t, y)`` with x [B, ...], t float [B] in [0, 1] and y int64 [B], or as ``model(x, t)``
+when there are no labels (:class:`VelocityField`). :func:`sample` draws from a trained model.
 """
 
+from ._internal import VelocityField
 from .coupling import (
     COUPLINGS,
     CoupledBatch,
@@ -19,9 +21,12 @@ from .coupling import (
     transport_cost,
 )
 from .guidance import CFGVelocity
+from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
 from .loss import FlowMatchingLoss, batch_marginal_target, shard_slice
 from .marginal import EmpiricalMarginalVelocity, gaussian_marginal_velocity
 from .paths import AffinePath, CondOTPath, PathSample
+from .posterior import posterior_mean
+from .sampling import SampleResult, balanced_labels, sample
 from .schedulers import (
     SCHEDULERS,
     CondOTScheduler,
@@ -32,8 +37,15 @@ from .schedulers import (
     VPScheduler,
     get_scheduler,
 )
-from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
-from .solvers import ADAPTIVE_METHODS, FIXED_METHODS, ODESolution, nfe_to_steps, solve_ode
+from .solvers import (
+    ADAPTIVE_METHODS,
+    FIXED_METHODS,
+    ODESolution,
+    evals_per_step,
+    fit_nfe,
+    solve_ode,
+    steps_for_nfe,
+)
 from .time_samplers import (
     TIME_SAMPLERS,
     LogitNormalTime,
@@ -46,6 +58,8 @@ from .time_samplers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    # the model signature
+    "VelocityField",
     # schedulers
     "SchedulerOutput", "Scheduler", "CondOTScheduler", "CosineScheduler", "VPScheduler",
     "PolynomialScheduler", "SCHEDULERS", "get_scheduler",
@@ -58,8 +72,10 @@ __all__ = [
     "CoupledBatch", "Coupling", "IndependentCoupling", "ExactOTCoupling", "SinkhornCoupling",
     "COUPLINGS", "get_coupling", "transport_cost", "squared_distances", "sinkhorn_plan",
     # loss, guidance, closed-form velocities
-    "FlowMatchingLoss", "batch_marginal_target", "shard_slice", "CFGVelocity", "EmpiricalMarginalVelocity", "gaussian_marginal_velocity",
-    # ODE solvers and likelihood
-    "ODESolution", "solve_ode", "FIXED_METHODS", "ADAPTIVE_METHODS", "nfe_to_steps",
+    "FlowMatchingLoss", "batch_marginal_target", "shard_slice", "CFGVelocity", "EmpiricalMarginalVelocity",
+    "gaussian_marginal_velocity", "posterior_mean",
+    # ODE solvers, sampling and likelihood
+    "ODESolution", "solve_ode", "FIXED_METHODS", "ADAPTIVE_METHODS", "steps_for_nfe", "evals_per_step", "fit_nfe",
+    "SampleResult", "sample", "balanced_labels",
     "LikelihoodResult", "log_likelihood", "bits_per_dim",
 ]

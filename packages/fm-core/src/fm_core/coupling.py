@@ -20,6 +20,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from ._internal import build_from_registry
+
 __all__ = [
     "CoupledBatch",
     "Coupling",
@@ -130,18 +132,60 @@ class IndependentCoupling(Coupling):
         return CoupledBatch(x0=x0, x1=x1, y=y, x0_index=idx)
 
 
+def _assignment(x0: Tensor, x1: Tensor) -> np.ndarray:
+    """idx [B] with x0[idx] the exact OT partner of each row of x1 (scipy's linear_sum_assignment)."""
+    cost = squared_distances(x1, x0).numpy()  # rows: data points, columns: noise points
+    rows, cols = linear_sum_assignment(cost)
+    idx = np.empty(len(rows), dtype=np.int64)
+    idx[rows] = cols
+    return idx
+
+
 class ExactOTCoupling(Coupling):
     """Exact minibatch OT: the permutation of x0 minimising the summed squared distance to x1
     (scipy's linear_sum_assignment, O(B^3)). A permutation: no noise point repeats or vanishes.
-    Deterministic; ``generator`` is accepted for a uniform interface and ignored."""
+    Deterministic; ``generator`` is accepted for a uniform interface and ignored.
+
+    Args:
+        by_label: with labels ``y`` given, pair noise and data only within each class (classes
+            in ``torch.unique(y)`` order). OT across classes would hand each class only the noise
+            that lies near it, while conditional sampling starts every class from N(0, I); within
+            a class the noise stays N(0, I) in distribution. Without ``y`` the batch is one group.
+        block: couple each group in consecutive chunks of at most ``block`` points
+            (``torch.split`` of the group's rows; None: the whole group at once). The assignment
+            costs O(block^3): on a CPU about 40 ms for 256 points, about 1 s for 1024. A batch in
+            random order makes the chunks random sub-batches.
+
+    The assignment runs on the CPU; the index comes back on x0's device.
+    """
+
+    def __init__(self, by_label: bool = False, block: int | None = None) -> None:
+        if not isinstance(by_label, bool):
+            raise ValueError(f"by_label must be a bool, got {by_label!r}")
+        if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 2):
+            raise ValueError(f"OT block size must be an integer >= 2 or None, got {block!r}")
+        self.by_label = by_label
+        self.block = block
 
     def __call__(self, x0, x1, y=None, generator=None) -> CoupledBatch:
         _check(x0, x1, y)
-        cost = squared_distances(x1, x0).numpy()  # rows: data points, columns: noise points
-        rows, cols = linear_sum_assignment(cost)
-        idx = np.empty(len(rows), dtype=np.int64)
-        idx[rows] = cols
-        index = torch.from_numpy(idx).to(x0.device)
+        n = x1.shape[0]
+        grouped = self.by_label and y is not None
+        if not grouped and self.block is None:
+            index = torch.from_numpy(_assignment(x0, x1)).to(x0.device)
+            return CoupledBatch(x0=x0[index], x1=x1, y=y, x0_index=index)
+        a0, a1 = x0.detach().cpu(), x1.detach().cpu()
+        if grouped:
+            labels = y.detach().cpu()
+            groups = [torch.nonzero(labels == k).flatten() for k in torch.unique(labels)]
+        else:
+            groups = [torch.arange(n)]
+        index = torch.arange(n)
+        for group in groups:
+            for chunk in torch.split(group, self.block) if self.block is not None else (group,):
+                if len(chunk) >= 2:
+                    index[chunk] = chunk[torch.from_numpy(_assignment(a0[chunk], a1[chunk]))]
+        index = index.to(x0.device)
         return CoupledBatch(x0=x0[index], x1=x1, y=y, x0_index=index)
 
 
@@ -184,13 +228,7 @@ COUPLINGS = ("independent", "ot", "sinkhorn")
 
 
 def get_coupling(name: str, **kw) -> Coupling:
-    """Build a coupling by name: "independent", "ot" (exact), "sinkhorn" (reg, n_iters)."""
-    key = name.lower() if isinstance(name, str) else name
-    classes = {"independent": IndependentCoupling, "ot": ExactOTCoupling, "exact-ot": ExactOTCoupling,
-               "sinkhorn": SinkhornCoupling}
-    if key not in classes:
-        raise ValueError(f"unknown coupling {name!r}; choose one of {', '.join(COUPLINGS)}")
-    try:
-        return classes[key](**kw)
-    except TypeError as e:
-        raise ValueError(f"bad arguments {kw!r} for coupling {name!r}: {e}") from None
+    """Build a coupling by name: "independent", "ot" (exact; by_label, block), "sinkhorn" (reg, n_iters)."""
+    table = {"independent": IndependentCoupling, "ot": ExactOTCoupling, "exact-ot": ExactOTCoupling,
+             "sinkhorn": SinkhornCoupling}
+    return build_from_registry("coupling", name, table, COUPLINGS, kw)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .paths import _as_time_batch
+from ._internal import _as_time_batch
 
 __all__ = ["CFGVelocity"]
 

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fm_core.solvers import Velocity, solve_ode
+from ._internal import VelocityField, call_velocity
+from .solvers import solve_ode
 
 __all__ = ["DIVERGENCES", "LikelihoodResult", "PROBES", "bits_per_dim", "log_likelihood", "standard_normal_log_prob"]
 
@@ -73,19 +74,30 @@ _EXACT_CHUNK_ELEMENTS = 1 << 22
 _BATCHED_MIN = 16
 
 
+def _is_batching_failure(err: RuntimeError) -> bool:
+    """Whether ``err`` says that vmap cannot batch an operation of the backward pass (e.g. "Batching
+    rule not implemented for aten::item", "vmap: ... not supported"); never for out-of-memory."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return False
+    msg = str(err).lower()
+    return "batching rule" in msg or "vmap" in msg
+
+
 def _vjps(v: Tensor, x: Tensor, cotangents: Tensor) -> Tensor:
     """Vector-Jacobian products e^T dv/dx for a stack of cotangents e [P, *v.shape] -> [P, *x.shape].
 
     For P >= _BATCHED_MIN one vmapped backward pass (``is_grads_batched``), falling back to a
-    loop of P backward passes for a velocity whose operations vmap cannot batch.
+    loop of P backward passes for a velocity whose operations vmap cannot batch. Only that
+    failure is caught: any other error (out of memory above all) propagates.
     """
     if cotangents.shape[0] >= _BATCHED_MIN:
         try:
             (g,) = torch.autograd.grad(v, x, cotangents, retain_graph=True, is_grads_batched=True,
                                        materialize_grads=True)
             return g
-        except RuntimeError:
-            pass
+        except RuntimeError as err:
+            if not _is_batching_failure(err):
+                raise
     # grad of the scalar (v * e).sum() rather than grad_outputs=e: same product, and it avoids the
     # lazy sympy import that torch.autograd.grad performs for explicit grad_outputs
     return torch.stack(
@@ -118,7 +130,7 @@ def _hutchinson_divergence(v: Tensor, x: Tensor, probes: Tensor) -> Tensor:
 
 
 def log_likelihood(
-    velocity: Velocity,
+    velocity: VelocityField,
     x1: Tensor,
     *,
     y: Any = None,
@@ -137,9 +149,10 @@ def log_likelihood(
     (``method``, ``steps``, ``atol``, ``rtol`` as there; adaptive dopri5 by default).
 
     Args:
-        velocity: ``velocity(x [B, ...], t [B], y) -> v [B, ...]``.
+        velocity: ``velocity(x [B, ...], t [B], y) -> v [B, ...]``, called as ``velocity(x, t)``
+            when ``y`` is None.
         x1: data points [B, ...], finite.
-        y: conditioning passed to ``velocity``.
+        y: conditioning passed to ``velocity`` (None: not passed).
         divergence: ``"exact"`` (D vector-Jacobian products per evaluation, D = numel per
             sample) or ``"hutchinson"`` (``n_probes`` products; unbiased, noisy).
         n_probes: number of Hutchinson probes averaged (fixed along the trajectory).
@@ -151,7 +164,7 @@ def log_likelihood(
         :class:`LikelihoodResult`; ``log_prob`` in nats per sample (see :func:`bits_per_dim`).
 
     Example:
-        >>> res = log_likelihood(lambda x, t, y: torch.ones_like(x), torch.zeros(4, 2))
+        >>> res = log_likelihood(lambda x, t: torch.ones_like(x), torch.zeros(4, 2))
         >>> torch.allclose(res.z, -torch.ones(4, 2), atol=1e-4)
         True
     """
@@ -181,11 +194,11 @@ def log_likelihood(
             probes = torch.randn(size, generator=gen, dtype=torch.float64).to(x1.dtype)
         probes = probes.to(x1.device)
 
-    def augmented(state: Tensor, t: Tensor, y_: Any) -> Tensor:
+    def augmented(state: Tensor, t: Tensor, y_: Any = None) -> Tensor:
         # state [B, D + 1] = (flattened x_t, running integral of the divergence)
         with torch.enable_grad():
             x = state[:, :dim].detach().reshape(shape).requires_grad_(True)
-            v = velocity(x, t, y_)
+            v = call_velocity(velocity, x, t, y_)
             if not isinstance(v, Tensor) or v.shape != shape:
                 got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
                 raise ValueError(f"velocity returned shape {got}; expected {tuple(shape)}")
@@ -194,6 +207,7 @@ def log_likelihood(
             elif divergence == "exact":
                 div = _exact_divergence(v, x)
             else:
+                assert probes is not None  # drawn above for divergence == "hutchinson"
                 div = _hutchinson_divergence(v, x, probes)
         return torch.cat([v.detach().reshape(batch, dim), div.detach().reshape(batch, 1)], dim=1)
 

@@ -17,18 +17,19 @@ w_j = softmax_j(-||x_t - a x1_j||^2 / (2 s^2)) and
 which is how it is computed (no division of a difference by s that cancels). The estimate is
 consistent (it tends to the true marginal velocity as the batch grows), has the same minimiser
 as the conditional loss up to an O(1/B) bias, and far less variance at mid t, where a noisy
-x_t is compatible with many data points. It costs one [B, B] matrix product per step.
+x_t is compatible with many data points. It costs one [B, B] matrix product per step
+(:func:`fm_core.posterior_mean`, shared with :class:`fm_core.EmpiricalMarginalVelocity`).
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 
+from ._internal import VelocityField, _as_time_batch, call_velocity, device_check
 from .coupling import Coupling, IndependentCoupling
-from .paths import AffinePath, CondOTPath, _as_time_batch, device_check
+from .paths import AffinePath, CondOTPath
+from .posterior import posterior_mean
 from .time_samplers import TimeSampler, UniformTime
 
 __all__ = ["FlowMatchingLoss", "TARGETS", "batch_marginal_target", "shard_slice"]
@@ -38,9 +39,6 @@ TARGETS = ("conditional", "batch-marginal")
 #: floor on sigma_t inside the batch-marginal target (at t = 1 with sigma_min = 0, sigma_t = 0
 #: and the posterior is the point itself; the floor keeps 0 * inf out of the correction term).
 _SIGMA_FLOOR = 1e-6
-
-VelocityModel = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
-
 
 def _draw(kind: str, shape, like: Tensor, generator: torch.Generator | None) -> Tensor:
     """randn/rand of ``shape`` in like's dtype, drawn on the generator's device, put on like's."""
@@ -83,8 +81,9 @@ class FlowMatchingLoss:
             independent coupling; labelled rows average over points of their own class, rows
             whose label was dropped to the null class over the whole batch).
 
-    The model is called once as ``model(x_t, t, y)`` with x_t [B, ...], t float [B] in [0, 1]
-    and y int64 [B] or None, and must return a tensor shaped like x1. x0 defaults to N(0, I)
+    The model is called once, as ``model(x_t, t, y)`` with x_t [B, ...], t float [B] in [0, 1]
+    and y int64 [B], or as ``model(x_t, t)`` when there are no labels (so a module whose
+    ``forward(x, t)`` takes none fits), and must return a tensor shaped like x1. x0 defaults to N(0, I)
     noise; pass x0 and t to make the loss deterministic (the coupling still applies).
 
     Randomness is drawn in a fixed order from ``generator``: x0 [B], then t [B], then the
@@ -156,7 +155,7 @@ class FlowMatchingLoss:
 
     def __call__(
         self,
-        model: VelocityModel,
+        model: VelocityField,
         x1: Tensor,
         y: Tensor | None = None,
         *,
@@ -188,14 +187,14 @@ class FlowMatchingLoss:
 
         pair = self.coupling(x0, x1, y, generator=generator)
         y = labels = pair.y
-        if drop is not None:
+        if drop is not None and y is not None and self.num_classes is not None:  # drop implies both
             y = torch.where(drop, torch.full_like(y, self.num_classes), y)
 
         ps = self.path.sample(pair.x0, pair.x1, t)
         u_t = ps.u_t
         if self.target == "batch-marginal":
             u_t = batch_marginal_target(self.path, ps, labels, dropped=drop, ref_x1=ref_x1, ref_y=ref_y)
-        v = model(ps.x_t, ps.t, y)
+        v = call_velocity(model, ps.x_t, ps.t, y)
         if not torch.is_tensor(v) or v.shape != ps.u_t.shape:
             shape = tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
             raise ValueError(f"model output must have the shape of x1 {tuple(x1.shape)}, got {shape}")
@@ -221,20 +220,10 @@ def batch_marginal_target(path: AffinePath, ps, y: Tensor | None = None, dropped
     if ref_x1 is not None and y is not None and ref_y is None:
         raise ValueError("batch_marginal_target: labelled rows need ref_y with ref_x1")
     ref_labels = y if ref_x1 is None else ref_y
-    xt = ps.x_t.reshape(b, -1)
     o = path.scheduler(ps.t)
     a, s, da, ds = o.alpha_t, o.sigma_t.clamp_min(_SIGMA_FLOOR), o.d_alpha_t, o.d_sigma_t
-    # -||x_t - a x1_j||^2 / (2 s^2) without the row constant ||x_t||^2 / (2 s^2), which softmax ignores:
-    # (a / s^2) x_t.x1_j - (a^2 / 2 s^2) ||x1_j||^2, as one [B, D+1] @ [D+1, B] product
-    rows = torch.cat([xt * (a / s**2)[:, None], (-0.5 * a**2 / s**2)[:, None]], dim=1)
-    cols = torch.cat([x1, (x1 * x1).sum(1, keepdim=True)], dim=1)
-    logits = rows @ cols.T  # [B, M]
-    if y is not None:
-        keep = y[:, None] == ref_labels[None, :]
-        if dropped is not None:
-            keep = keep | dropped[:, None]
-        logits = logits.masked_fill(~keep, float("-inf"))  # the diagonal always stays
-    w = torch.softmax(logits, dim=1)
+    # row i's own x1 is in the reference set with its own label, so no row is left without points
+    mean = posterior_mean(ps.x_t.reshape(b, -1), x1, a, s, labels=y, ref_labels=ref_labels, use_all=dropped)
     coef = (da - ds * a / s)[:, None]  # [B, 1]
-    correction = coef * (w @ x1 - own)
+    correction = coef * (mean - own)
     return ps.u_t + correction.reshape(ps.u_t.shape).to(ps.u_t.dtype)

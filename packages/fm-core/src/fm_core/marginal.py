@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .paths import _as_time_batch, _expand
+from ._internal import _as_time_batch, _expand
+from .posterior import posterior_mean
 
 __all__ = ["EmpiricalMarginalVelocity", "gaussian_marginal_velocity"]
 
@@ -29,10 +30,11 @@ class EmpiricalMarginalVelocity(nn.Module):
 
         u(x, t) = (sum_i w_i d_i - (1 - sigma_min) x) / s_t.
 
-    The weights are computed with a streaming log-sum-exp over chunks of ``chunk_size`` data
-    points (one matrix product per chunk), so any N fits in memory and nothing overflows as
-    s_t -> 0: the logits are (t x.d_i - t^2 |d_i|^2 / 2) / s_t^2, the |x|^2 term that is common
-    to a row (and would cancel catastrophically) is left out of the softmax.
+    The weights come from :func:`fm_core.posterior_mean` (alpha_t = t, sigma_t = s_t): a streaming
+    log-sum-exp over chunks of ``chunk_size`` data points (one matrix product per chunk), so any N
+    fits in memory and nothing overflows as s_t -> 0: the logits are
+    (t x.d_i - t^2 |d_i|^2 / 2) / s_t^2, the |x|^2 term that is common to a row (and would cancel
+    catastrophically) is left out of the softmax.
 
     t is clamped to ``t_max`` (default 1 - 1e-4) before evaluating: with sigma_min = 0 the factor
     1 / s_t is infinite at t = 1, and above t_max the field is taken as its value at t_max.
@@ -53,6 +55,9 @@ class EmpiricalMarginalVelocity(nn.Module):
             negative or not a label of any point (such as a null class) use all points.
         chunk_size: data points per chunk.
     """
+
+    data: Tensor  # [N, D] (flattened), a buffer
+    labels: Tensor | None  # [N] or None, a buffer
 
     def __init__(
         self,
@@ -97,43 +102,19 @@ class EmpiricalMarginalVelocity(nn.Module):
                              f"the data, got {tuple(x.shape)}")
         t = _as_time_batch(t, x, "x").clamp(0.0, self.t_max)
         b = x.shape[0]
-        xf = x.reshape(b, -1)
         s = 1.0 - (1.0 - self.sigma_min) * t  # [B]
-        coef_xd = (t / s**2)[:, None]  # [B, 1]
-        coef_dd = (0.5 * t**2 / s**2)[:, None]
-
-        mask_all = None
+        labels = use_all = None
         if y is not None:
             if self.labels is None:
                 raise ValueError("y was given but this EmpiricalMarginalVelocity has no labels; "
                                  "pass labels= to condition on y")
             if not torch.is_tensor(y) or y.shape != (b,):
                 raise ValueError(f"y must be an integer tensor of shape [B] = [{b}]")
-            y = y.to(device=x.device, dtype=torch.long)
-            labels = self.labels.to(x.device)
-            known = (y[:, None] == labels.unique()[None, :]).any(1)  # rows with a real class
-            mask_all = ~known
-
-        m = torch.full((b, 1), float("-inf"), dtype=x.dtype, device=x.device)  # running max
-        z = torch.zeros((b, 1), dtype=x.dtype, device=x.device)  # running sum of weights
-        num = torch.zeros_like(xf)  # running weighted sum of data points
-        for start in range(0, self.data.shape[0], self.chunk_size):
-            d = self.data[start:start + self.chunk_size].to(device=x.device, dtype=x.dtype)
-            # -||x - t d_i||^2 / (2 s^2) up to the per-row constant -||x||^2 / (2 s^2), which the
-            # softmax ignores (dropping it also avoids the cancellation of the expanded square)
-            logits = (xf @ d.T) * coef_xd - (d * d).sum(1)[None, :] * coef_dd  # [B, n]
-            if y is not None:
-                keep = (y[:, None] == self.labels[start:start + self.chunk_size].to(x.device)[None, :])
-                keep = keep | mask_all[:, None]
-                logits = logits.masked_fill(~keep, float("-inf"))
-            m_new = torch.maximum(m, logits.max(dim=1, keepdim=True).values)
-            m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
-            scale_old = torch.exp(m - m_safe)  # exp(-inf) = 0 on the first chunk
-            w = torch.exp(logits - m_safe)
-            z = z * scale_old + w.sum(dim=1, keepdim=True)
-            num = num * scale_old + w @ d
-            m = m_new
-        return (num / z).reshape(x.shape)
+            labels = y.to(device=x.device, dtype=torch.long)
+            known = (labels[:, None] == self.labels.to(x.device).unique()[None, :]).any(1)  # rows with a real class
+            use_all = ~known
+        return posterior_mean(x, self.data, t, s, labels=labels, ref_labels=self.labels, use_all=use_all,
+                              chunk_size=self.chunk_size)
 
     def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """u(x, t) [B, ...] for x [B, ...], t [B] in [0, 1] (clamped to t_max)."""

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 
+from ._internal import _as_time_batch, _expand, device_check
 from .schedulers import CondOTScheduler, Scheduler
 
 __all__ = ["PathSample", "AffinePath", "CondOTPath"]
@@ -32,44 +31,6 @@ class PathSample:
     t: Tensor
     x0: Tensor
     x1: Tensor
-
-
-def device_check(ok: Tensor, what: str, error: Callable[[], Exception]) -> None:
-    """Raise ``error()`` unless the bool tensor ``ok`` is all true, without a host-device sync.
-
-    On the CPU the value is read at once (a CPU tensor costs nothing to read) and ``error()``
-    builds a detailed message. On a GPU ``torch._assert_async`` checks it on the device: no
-    stall inside a training step; a failure surfaces at the next synchronising call as a
-    device-side assertion carrying ``what``.
-    """
-    if ok.device.type == "cpu":
-        if not bool(ok.all()):
-            raise error()
-    else:
-        torch._assert_async(ok.all(), what)
-
-
-def _as_time_batch(t: Tensor | float, x: Tensor, name: str = "x") -> Tensor:
-    """Check t against x [B, ...] and return it as a [B] tensor in x's dtype and device."""
-    if x.ndim < 1:
-        raise ValueError(f"{name} must have a batch dimension [B, ...], got a 0-d tensor")
-    b = x.shape[0]
-    if not torch.is_tensor(t):
-        t = torch.tensor(float(t))
-    if t.ndim == 0:
-        t = t.expand(b)
-    if t.shape != (b,):
-        raise ValueError(
-            f"t must have shape [B] = [{b}] (one time per row of {name} {tuple(x.shape)}) or be a "
-            f"scalar, got shape {tuple(t.shape)}"
-        )
-    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-    return t.to(device=x.device, dtype=dtype)
-
-
-def _expand(c: Tensor, x: Tensor) -> Tensor:
-    """[B] -> [B, 1, ..., 1] to broadcast over the trailing dimensions of x."""
-    return c.reshape(c.shape + (1,) * (x.ndim - 1))
 
 
 class AffinePath:
@@ -154,6 +115,8 @@ class AffinePath:
 class CondOTPath(AffinePath):
     """The linear (conditional OT) path: ``x_t = (1 - (1 - sigma_min) t) x0 + t x1``,
     ``u_t = x1 - (1 - sigma_min) x0``; t = 0 noise, t = 1 data. Lipman et al. (2023), eq. 20-23."""
+
+    scheduler: CondOTScheduler
 
     def __init__(self, sigma_min: float = 0.0) -> None:
         super().__init__(CondOTScheduler(sigma_min))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._internal import build_from_registry
+
 __all__ = [
     "SchedulerOutput",
     "Scheduler",
@@ -211,22 +213,13 @@ class PolynomialScheduler(Scheduler):
 
 
 SCHEDULERS = ("condot", "cosine", "vp", "polynomial")
-_ALIASES = {"cond-ot": "condot", "cond_ot": "condot", "ot": "condot", "linear": "condot", "poly": "polynomial"}
+_SCHEDULER_TABLE = {
+    "condot": CondOTScheduler, "cond-ot": CondOTScheduler, "ot": CondOTScheduler, "linear": CondOTScheduler,
+    "cosine": CosineScheduler, "vp": VPScheduler, "polynomial": PolynomialScheduler, "poly": PolynomialScheduler,
+}
 
 
 def get_scheduler(name: str, **kw) -> Scheduler:
     """Build a scheduler by name: "condot" (sigma_min), "cosine", "vp" (beta_min, beta_max),
     "polynomial" (n). Keyword arguments go to the constructor."""
-    key = _ALIASES.get(name.lower(), name.lower()) if isinstance(name, str) else name
-    classes = {
-        "condot": CondOTScheduler,
-        "cosine": CosineScheduler,
-        "vp": VPScheduler,
-        "polynomial": PolynomialScheduler,
-    }
-    if key not in classes:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    try:
-        return classes[key](**kw)
-    except TypeError as e:
-        raise ValueError(f"bad arguments {kw!r} for scheduler {name!r}: {e}") from None
+    return build_from_registry("scheduler", name, _SCHEDULER_TABLE, SCHEDULERS, kw)

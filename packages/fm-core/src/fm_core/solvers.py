@@ -5,7 +5,8 @@ dx/dt = v(x, t, y) from t0=0 to t1=1; encoding (data to noise) integrates from t
 
 The velocity is called as ``velocity(x, t, y)`` with ``x`` of shape [B, ...], ``t`` a tensor
 of shape [B] (the current time broadcast over the batch, dtype and device of ``x``) and ``y``
-whatever was passed as ``y=`` (labels [B] or None); nothing else is forwarded.
+whatever was passed as ``y=`` (e.g. labels [B]); with ``y=None`` it is called as
+``velocity(x, t)``, so a model without labels fits. Nothing else is forwarded.
 
 Fixed-step methods (own implementation; Butcher tableaux from Hairer, Norsett & Wanner,
 "Solving Ordinary Differential Equations I", 1993, Sec. II.1):
@@ -28,12 +29,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from ._internal import VelocityField, call_velocity
 
 __all__ = [
     "ADAPTIVE_METHODS",
@@ -42,8 +45,10 @@ __all__ = [
     "FIXED_METHODS",
     "METHODS",
     "ODESolution",
-    "nfe_to_steps",
+    "evals_per_step",
+    "fit_nfe",
     "solve_ode",
+    "steps_for_nfe",
 ]
 
 FIXED_METHODS: tuple[str, ...] = ("euler", "midpoint", "heun", "rk4")
@@ -53,7 +58,8 @@ EVALS_PER_STEP: dict[str, int] = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4
 #: Number of steps a fixed-step method takes when neither ``steps`` nor ``time_grid`` is given.
 DEFAULT_STEPS = 100
 
-Velocity = Callable[[Tensor, Tensor, Any], Tensor]
+#: the velocity type the solvers take (see :class:`fm_core.VelocityField`)
+Velocity = VelocityField
 
 
 @dataclass
@@ -92,7 +98,7 @@ class _CountingVelocity:
         else:
             t_b = torch.full((batch,), float(t), dtype=x.dtype, device=x.device)
         self.nfe += 1
-        v = self.velocity(x, t_b, self.y)
+        v = call_velocity(self.velocity, x, t_b, self.y)
         if not isinstance(v, Tensor) or v.shape != x.shape:
             got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
             raise ValueError(f"velocity returned shape {got}; expected the shape of x, {tuple(x.shape)}")
@@ -184,20 +190,58 @@ def _check_x(x: Any) -> None:
         raise ValueError("x contains non-finite values (NaN or inf); the ODE start must be finite")
 
 
-def nfe_to_steps(method: str, nfe: int) -> int:
-    """Number of steps of fixed-step ``method`` that uses exactly ``nfe`` velocity evaluations.
+def evals_per_step(method: str) -> int:
+    """Velocity evaluations per step of fixed-step ``method``: euler 1, midpoint 2, heun 2, rk4 4.
 
-    euler uses 1 evaluation per step, midpoint and heun 2, rk4 4. Raises ValueError for an
-    adaptive method (its NFE depends on the tolerances) or an ``nfe`` that is not a positive
-    multiple of the evaluations per step.
+    The single source of this number. ValueError for an unknown method or an adaptive one (its
+    evaluations per step vary with the error estimate).
     """
     _check_method(method)
     if method not in EVALS_PER_STEP:
-        raise ValueError(f"nfe_to_steps needs a fixed-step method ({', '.join(FIXED_METHODS)}), got {method!r}")
+        raise ValueError(f"method {method!r} is adaptive: its evaluations per step vary; evaluations per step are "
+                         f"defined for the fixed-step methods {', '.join(FIXED_METHODS)}")
+    return EVALS_PER_STEP[method]
+
+
+def _check_nfe(nfe: Any) -> int:
+    if isinstance(nfe, bool) or not isinstance(nfe, numbers.Integral) or nfe <= 0:
+        raise ValueError(f"nfe must be a positive integer, got {nfe!r}")
+    return int(nfe)
+
+
+def steps_for_nfe(method: str, nfe: int | None) -> int | None:
+    """Number of steps of fixed-step ``method`` that uses exactly ``nfe`` velocity evaluations.
+
+    None for ``nfe=None`` (the caller's default applies). ValueError for an unknown method, an
+    adaptive method given an ``nfe`` (its NFE follows from atol/rtol), or an ``nfe`` that is not a
+    positive multiple of :func:`evals_per_step`.
+
+    Example:
+        >>> steps_for_nfe("rk4", 40), steps_for_nfe("euler", None)
+        (10, None)
+    """
+    _check_method(method)
+    if nfe is None:
+        return None
+    if method in ADAPTIVE_METHODS:
+        raise ValueError(f"nfe={nfe!r} cannot be used with the adaptive method {method!r} (it picks its own steps "
+                         f"from atol/rtol); use a fixed-step method ({', '.join(FIXED_METHODS)}) or drop nfe")
     per = EVALS_PER_STEP[method]
     if isinstance(nfe, bool) or not isinstance(nfe, numbers.Integral) or nfe <= 0 or nfe % per:
         raise ValueError(f"nfe must be a positive multiple of {per} for method {method!r}, got {nfe!r}")
     return int(nfe) // per
+
+
+def fit_nfe(method: str, nfe: int) -> int:
+    """``nfe`` rounded down to a multiple of the evaluations per step of ``method``, at least one
+    step: ``per * max(1, nfe // per)`` (e.g. a run stored with NFE 10, sampled with rk4: 8).
+
+    Example:
+        >>> fit_nfe("rk4", 10), fit_nfe("rk4", 2), fit_nfe("midpoint", 8)
+        (8, 4, 8)
+    """
+    per = evals_per_step(method)
+    return per * max(1, _check_nfe(nfe) // per)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -219,7 +263,8 @@ def solve_ode(
     """Integrate dx/dt = velocity(x, t, y) from t0 to t1.
 
     Args:
-        velocity: callable ``velocity(x [B, ...], t [B], y) -> v [B, ...]`` (a model works).
+        velocity: callable ``velocity(x [B, ...], t [B], y) -> v [B, ...]`` (a model works), called
+            as ``velocity(x, t)`` when ``y`` is None.
         x: start state [B, ...], finite, floating point; the result has its dtype and device.
         method: fixed-step ``euler``, ``midpoint``, ``heun``, ``rk4`` or adaptive ``dopri5``,
             ``dopri8``, ``bosh3``, ``adaptive_heun`` (torchdiffeq).
@@ -230,7 +275,7 @@ def solve_ode(
             agree). Fixed methods step between consecutive points; adaptive methods return
             the trajectory at these points.
         t0, t1: start and end time, default 0 and 1 (noise -> data). t0=1, t1=0 encodes data.
-        y: conditioning passed to ``velocity`` unchanged (e.g. labels [B] or None).
+        y: conditioning passed to ``velocity`` unchanged (e.g. labels [B]); None: not passed.
         atol, rtol: tolerances of adaptive methods (ignored by fixed-step methods).
         return_trajectory: also return the states at all ``times``.
         grad: run with autograd enabled (to differentiate through the solve). Default False:
@@ -241,7 +286,7 @@ def solve_ode(
         the time points and optionally the trajectory [T, B, ...].
 
     Example:
-        >>> sol = solve_ode(lambda x, t, y: -x, torch.ones(3, 2), method="rk4", steps=10)
+        >>> sol = solve_ode(lambda x, t: -x, torch.ones(3, 2), method="rk4", steps=10)
         >>> sol.nfe
         40
     """

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._internal import build_from_registry
+
 __all__ = [
     "TimeSampler",
     "UniformTime",
@@ -89,16 +91,10 @@ class StratifiedTime(TimeSampler):
 
 
 TIME_SAMPLERS = ("uniform", "logit-normal", "stratified")
+_TIME_SAMPLER_TABLE = {"uniform": UniformTime, "logit-normal": LogitNormalTime, "logitnormal": LogitNormalTime,
+                       "stratified": StratifiedTime}
 
 
 def get_time_sampler(name: str, **kw) -> TimeSampler:
     """Build a time sampler by name: "uniform", "logit-normal" (mean, std), "stratified"."""
-    key = name.lower().replace("_", "-") if isinstance(name, str) else name
-    classes = {"uniform": UniformTime, "logit-normal": LogitNormalTime, "logitnormal": LogitNormalTime,
-               "stratified": StratifiedTime}
-    if key not in classes:
-        raise ValueError(f"unknown time sampler {name!r}; choose one of {', '.join(TIME_SAMPLERS)}")
-    try:
-        return classes[key](**kw)
-    except TypeError as e:
-        raise ValueError(f"bad arguments {kw!r} for time sampler {name!r}: {e}") from None
+    return build_from_registry("time sampler", name, _TIME_SAMPLER_TABLE, TIME_SAMPLERS, kw)

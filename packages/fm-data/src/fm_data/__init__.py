@@ -1,5 +1,19 @@
 """Data for flow matching: 2D/ND toy distributions, MNIST and Fashion-MNIST from IDX files."""
 
+# MNIST / Fashion-MNIST from IDX files (fm_data.images)
+from .images import (
+    CLASS_NAMES,
+    IMAGE_DATASETS,
+    DataError,
+    ImageData,
+    find_dataset_dir,
+    load_images,
+    parse_classes,
+    read_idx,
+    to_model,
+    to_uint8,
+)
+
 # toy distributions (fm_data.toy)
 from .toy import (
     TOY_DATASETS,
@@ -10,19 +24,6 @@ from .toy import (
     Spirals,
     ToyDistribution,
     get_toy,
-)
-
-# MNIST / Fashion-MNIST from IDX files (fm_data.images)
-from .images import (
-    CLASS_NAMES,
-    IMAGE_DATASETS,
-    DataError,
-    ImageData,
-    find_dataset_dir,
-    load_images,
-    read_idx,
-    to_model,
-    to_uint8,
 )
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "DataError",
     "ImageData",
     "find_dataset_dir",
+    "parse_classes",
     "load_images",
     "read_idx",
     "to_model",

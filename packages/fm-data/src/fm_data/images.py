@@ -42,10 +42,12 @@ from torch import Tensor
 __all__ = [
     "DataError",
     "IMAGE_DATASETS",
+    "NUM_CLASSES",
     "CLASS_NAMES",
     "ImageData",
     "find_dataset_dir",
     "load_images",
+    "parse_classes",
     "read_idx",
     "to_model",
     "to_uint8",
@@ -70,7 +72,7 @@ FILES: dict[str, tuple[str, str]] = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
-# MD5 of the decompressed files (shared/data/README.md; identical to the original distributions).
+# MD5 of the decompressed files (identical to the original distributions).
 MD5: dict[str, dict[str, str]] = {
     "mnist": {
         "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
@@ -91,8 +93,8 @@ _TORCHVISION_RAW = {"mnist": Path("MNIST") / "raw", "fashion-mnist": Path("Fashi
 
 _FIX_HINT = (
     "Fix: point FM_DATA_DIR (or --data-dir) at a folder holding mnist/ and fashion-mnist/ with the "
-    "original *-ubyte.gz files, e.g. FM_DATA_DIR=../shared/data from the project root "
-    "(see shared/data/README.md), or install Debian's dataset-fashion-mnist."
+    "original *-ubyte.gz files (train-images-idx3-ubyte.gz and the other three of each data set), "
+    "or install Debian's dataset-fashion-mnist."
 )
 
 # Files whose MD5 was checked in this process: (resolved path, size, mtime_ns) -> md5 hex.
@@ -196,8 +198,7 @@ def _candidates(name: str, data_dir: str | os.PathLike | None) -> list[Path]:
     dl = _download_root(data_dir).expanduser()
     for r in (*roots, dl):
         out.append(r / _TORCHVISION_RAW[name])
-    seen: set[Path] = set()
-    return [d for d in out if not (d in seen or seen.add(d))]
+    return list(dict.fromkeys(out))  # drop repeats, keep the first occurrence's position
 
 
 def _try_download(name: str, root: Path) -> tuple[Path | None, str]:
@@ -400,3 +401,31 @@ def to_uint8(x: Tensor, crop_to: int | None = 28) -> Tensor:
     if torch.isnan(x).any():
         raise DataError(f"to_uint8 got {int(torch.isnan(x).sum())} NaN values; the sampler diverged")
     return ((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+def parse_classes(value: str | int | list[int] | tuple[int, ...] | None) -> list[int] | None:
+    """A class subset as the command lines and run configs give it: ``"3"`` / ``"3,5"`` / ``[3, 5]``
+    -> sorted unique class ids in 0..9; None -> None (all classes). ValueError naming the bad value.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        if not value.strip() or any(p == "" for p in parts):
+            raise ValueError(f"classes must be class ids like '3' or '3,5', got {value!r}")
+        try:
+            ids = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(
+                f"classes must be integers in 0..{NUM_CLASSES - 1} like '3' or '3,5', got {value!r}"
+            ) from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        ids = [value]
+    else:
+        ids = list(value)
+        if not ids or any(isinstance(c, bool) or not isinstance(c, int) for c in ids):
+            raise ValueError(f"classes must be a non-empty list of integers in 0..{NUM_CLASSES - 1}, got {value!r}")
+    bad = [c for c in ids if not 0 <= c < NUM_CLASSES]
+    if bad:
+        raise ValueError(f"classes {bad} out of range: class ids are 0..{NUM_CLASSES - 1} (got {value!r})")
+    return sorted(set(ids))

@@ -241,6 +241,7 @@ class OlympicRings(ToyDistribution):
     """
 
     name = "olympic-rings"
+    num_classes: int  # always labelled: one class per ring
     CENTERS = ((-2.2, 0.5), (0.0, 0.5), (2.2, 0.5), (-1.1, -0.5), (1.1, -0.5))
     R_IN, R_OUT = 0.9, 1.1
 
@@ -376,6 +377,8 @@ class _NoisyCurves(ToyDistribution):
     """
 
     num_arms = 2
+    _node_cache: tuple[Tensor, Tensor] | None = None  # set by _nodes() on first use
+    _entropy_cache: float | None = None  # set by entropy() on first use
 
     def _curve(self, u: Tensor, arm: int) -> Tensor:  # u [m] float64 -> [m, 2]
         raise NotImplementedError
@@ -386,7 +389,7 @@ class _NoisyCurves(ToyDistribution):
 
     def _nodes(self) -> tuple[Tensor, Tensor]:
         """Quadrature nodes [N, 2] on all arms and their log weights [N] (weights sum to 1), float64."""
-        cache = getattr(self, "_node_cache", None)
+        cache = self._node_cache
         if cache is None:
             fine_u = np.linspace(0.0, 1.0, 40001)
             pts, logw = [], []
@@ -428,7 +431,7 @@ class _NoisyCurves(ToyDistribution):
 
         Agrees with 12 x 12 nodes to 3e-6 nats and with Monte Carlo estimates (see the tests).
         """
-        if getattr(self, "_entropy_cache", None) is not None:
+        if self._entropy_cache is not None:
             return self._entropy_cache
         nodes, logw = self._nodes()
         z, w = np.polynomial.hermite_e.hermegauss(6)
@@ -438,8 +441,9 @@ class _NoisyCurves(ToyDistribution):
         ww = torch.as_tensor(np.outer(w, w).ravel())  # [36]
         pts = (nodes[:, None, :] + offsets[None]).reshape(-1, 2)
         logp = self._log_prob(pts).reshape(len(nodes), -1)
-        self._entropy_cache = float(-((logp * ww[None]).sum(-1) * logw.exp()).sum())
-        return self._entropy_cache
+        entropy = float(-((logp * ww[None]).sum(-1) * logw.exp()).sum())
+        self._entropy_cache = entropy
+        return entropy
 
 
 class Moons(_NoisyCurves):

@@ -1,11 +1,28 @@
-"""Metrics for flow matching: 2D distances, checkerboard and ring quality, classifier-feature FID."""
-
-# 2D / toy metrics (fm_eval.metrics2d)
-from .metrics2d import checkerboard_quality, energy_distance, nll_gap, rings_quality, wasserstein2
+"""Metrics for flow matching: 2D distances, checkerboard and ring quality, classifier-feature FID,
+image and reconstruction score reports, and the statistics of steps-to-target studies."""
 
 # image metrics: shipped classifiers, FID, label accuracy, coverage (fm_eval.classifier, fm_eval.fid)
 from .classifier import CoverageResult, SmallCNN, classify, coverage, label_accuracy, load_classifier
 from .fid import FeatureStats, FIDResult, feature_stats, fid, frechet_distance, image_features, reference_stats
+
+# 2D / toy metrics (fm_eval.metrics2d)
+from .metrics2d import checkerboard_quality, energy_distance, nll_gap, rings_quality, wasserstein2
+
+# score reports for metrics.json: generated samples, autoencoder reconstructions (fm_eval.scores)
+from .scores import image_scores, reconstruction_scores
+
+# statistics of steps-to-target studies: censored medians, log-log fits with intervals (fm_eval.stats)
+from .stats import (
+    Fit,
+    Outcome,
+    StepsOutcome,
+    fit_power_law,
+    fit_two_factors,
+    format_interval,
+    median_steps,
+    ols,
+    steps_to_target,
+)
 
 __all__ = [
     # metrics2d
@@ -28,4 +45,17 @@ __all__ = [
     "frechet_distance",
     "image_features",
     "reference_stats",
+    # score reports
+    "image_scores",
+    "reconstruction_scores",
+    # study statistics
+    "steps_to_target",
+    "Outcome",
+    "StepsOutcome",
+    "median_steps",
+    "Fit",
+    "ols",
+    "fit_power_law",
+    "fit_two_factors",
+    "format_interval",
 ]

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # diffusers is imported lazily at run time (it is slow to import)
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
 __all__ = ["VAELoss", "check_small_vae", "kl_to_standard_normal", "small_autoencoder_kl", "vae_loss"]
 
@@ -48,14 +52,15 @@ def small_autoencoder_kl(
     norm_num_groups: int = 8,
     sample_size: int = 32,
     attention: bool = False,
-) -> nn.Module:
+) -> AutoencoderKL:
     """A diffusers AutoencoderKL with ``len(block_out_channels) - 1`` downsamplings.
 
     Every width must be divisible by ``norm_num_groups`` (GroupNorm; diffusers would fail deep
     inside otherwise) and ``sample_size`` by the downsampling factor (:func:`check_small_vae`).
     """
     check_small_vae(block_out_channels, latent_channels, layers_per_block, norm_num_groups, sample_size, image_channels)
-    from diffusers import AutoencoderKL
+    # from the defining module: type checkers read diffusers.AutoencoderKL as a dummy placeholder class
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
     n = len(block_out_channels)
     return AutoencoderKL(
@@ -87,9 +92,10 @@ def vae_loss(vae: nn.Module, x: Tensor, *, kl_weight: float = 1e-4, generator: t
     The reconstruction decodes one posterior sample z = mean + std * eps (reparameterised,
     eps from ``generator``).
     """
-    dist = vae.encode(x).latent_dist
+    kl_vae = cast("AutoencoderKL", vae)  # any module with AutoencoderKL's encode/decode (e.g. an EMA copy)
+    dist = kl_vae.encode(x).latent_dist
     eps = torch.randn(dist.mean.shape, generator=generator, device=dist.mean.device, dtype=dist.mean.dtype)
     z = dist.mean + dist.std * eps
-    recon = F.mse_loss(vae.decode(z).sample, x)
+    recon = F.mse_loss(kl_vae.decode(z).sample, x)
     kl = kl_to_standard_normal(dist.mean, dist.logvar).mean()
     return VAELoss(loss=recon + kl_weight * kl, recon=recon, kl=kl)

@@ -33,11 +33,17 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # diffusers is imported lazily at run time (it is slow to import)
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTiny
+
+    DiffusersVAE = AutoencoderKL | AutoencoderTiny
 
 __all__ = ["VAE_CLASSES", "LatentVAE", "LatentVAEError", "downsample_factor", "pad_to_multiple", "scale_shift_from_latents"]
 
@@ -57,17 +63,22 @@ def _vae_class(name: str):
     return getattr(diffusers, name)
 
 
+def _config(vae: nn.Module) -> dict[str, Any]:
+    """The config of a diffusers VAE (a FrozenDict; call only once the class name is checked)."""
+    return cast("DiffusersVAE", vae).config
+
+
 def downsample_factor(vae: nn.Module) -> int:
     """How much the encoder shrinks each side: 2 ** (number of stride-2 stages).
 
     AutoencoderKL: one per ``block_out_channels`` entry but the last; AutoencoderTiny: one per
     encoder block but the first.
     """
-    cfg, name = vae.config, type(vae).__name__
+    name = type(vae).__name__
     if name == "AutoencoderKL":
-        return 2 ** (len(cfg.block_out_channels) - 1)
+        return 2 ** (len(_config(vae)["block_out_channels"]) - 1)
     if name == "AutoencoderTiny":
-        return 2 ** (len(cfg.num_encoder_blocks) - 1)
+        return 2 ** (len(_config(vae)["num_encoder_blocks"]) - 1)
     raise LatentVAEError(f"unsupported VAE class {name!r}; fm-latent wraps {', '.join(VAE_CLASSES)}")
 
 
@@ -137,12 +148,12 @@ class LatentVAE:
     ) -> None:
         self.kind = type(vae).__name__
         _vae_class(self.kind)
-        self.vae = vae.eval()
+        self.vae: DiffusersVAE = cast("DiffusersVAE", vae.eval())  # the class name was checked just above
         self.factor = downsample_factor(vae)
-        cfg = vae.config
-        self.vae_in_channels = int(cfg.in_channels)
-        self.vae_out_channels = int(cfg.out_channels)
-        self.latent_channels = int(cfg.latent_channels)
+        cfg = self.vae.config
+        self.vae_in_channels = int(cfg["in_channels"])
+        self.vae_out_channels = int(cfg["out_channels"])
+        self.latent_channels = int(cfg["latent_channels"])
         self.image_channels = int(image_channels) if image_channels is not None else self.vae_in_channels
         for what, ch in (("input", self.vae_in_channels), ("output", self.vae_out_channels)):
             if ch != self.image_channels and self.image_channels != 1:
@@ -150,16 +161,17 @@ class LatentVAE:
                     f"image_channels={self.image_channels} does not fit a VAE with {ch} {what} channels "
                     f"(allowed: the same number, or 1-channel data)"
                 )
+        self.image_size: tuple[int, int] | None = None
         if image_size is not None:
-            image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
-            if len(image_size) != 2 or min(image_size) < 1:
-                raise LatentVAEError(f"image_size must be a positive int or (H, W), got {image_size!r}")
-        self.image_size: tuple[int, int] | None = image_size
-        self.name_or_path = name_or_path or getattr(cfg, "_name_or_path", None) or ""
+            hw = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+            if len(hw) != 2 or min(hw) < 1:
+                raise LatentVAEError(f"image_size must be a positive int or (H, W), got {hw!r}")
+            self.image_size = (hw[0], hw[1])
+        self.name_or_path = name_or_path or cfg.get("_name_or_path") or ""
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu", **kwargs: Any) -> "LatentVAE":
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu", **kwargs: Any) -> LatentVAE:
         """Load a VAE saved with diffusers' ``save_pretrained`` from a local directory or a hub id.
 
         The class (AutoencoderKL or AutoencoderTiny) is read from its config.json. ``kwargs`` go to
@@ -178,7 +190,7 @@ class LatentVAE:
             where = str(local)
         try:
             config = AutoencoderKL.load_config(where)
-        except (OSError, ValueError, EnvironmentError) as e:
+        except (OSError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise LatentVAEError(f"cannot load a VAE from {where!r}: {first}") from None
         name = config.get("_class_name", "AutoencoderKL")
@@ -192,8 +204,9 @@ class LatentVAE:
         self.vae.save_pretrained(directory, safe_serialization=True)
         return directory
 
-    def to(self, device: str | torch.device) -> "LatentVAE":
-        self.vae.to(device)
+    def to(self, device: str | torch.device) -> LatentVAE:
+        module: nn.Module = self.vae  # diffusers' @wraps(nn.Module.to) hides the method's self from mypy
+        module.to(device)
         return self
 
     @property
@@ -203,11 +216,11 @@ class LatentVAE:
     # ------------------------------------------------------------------ scale and shift
     @property
     def scale(self) -> float:
-        return float(self.vae.config.scaling_factor)
+        return float(self.vae.config["scaling_factor"])
 
     @property
     def shift(self) -> float:
-        s = getattr(self.vae.config, "shift_factor", None)
+        s = self.vae.config.get("shift_factor")
         return 0.0 if s is None else float(s)
 
     def set_scale_shift(self, scale: float, shift: float) -> None:

@@ -91,7 +91,9 @@ class DiTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(in_features=hidden_size, hidden_features=int(hidden_size * mlp_ratio), act_layer=_gelu_tanh)
+        # timm annotates act_layer as type[nn.Module] but only ever calls act_layer() with no arguments
+        self.mlp = Mlp(in_features=hidden_size, hidden_features=int(hidden_size * mlp_ratio),
+                       act_layer=_gelu_tanh)  # type: ignore[arg-type]
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
@@ -115,13 +117,16 @@ class FinalLayer(nn.Module):
 
 
 def _size2(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(value, int) and not isinstance(value, bool):
+    refused = f"{name} must be an int or [height, width], got {value!r}"
+    if isinstance(value, bool):
+        raise ValueError(refused)
+    if isinstance(value, int):
         h = w = value
     else:
         try:
             h, w = (int(v) for v in value)
         except (TypeError, ValueError):
-            raise ValueError(f"{name} must be an int or [height, width], got {value!r}") from None
+            raise ValueError(refused) from None
     if h < 1 or w < 1:
         raise ValueError(f"{name} must be positive, got {value!r}")
     return h, w
@@ -198,7 +203,7 @@ class DiT(nn.Module):
         self._init_weights()
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "DiT":
+    def from_preset(cls, name: str, **overrides: Any) -> DiT:
         """A named size from :data:`DIT_CONFIGS` ("tiny", "small") with keyword overrides."""
         if name not in DIT_CONFIGS:
             raise ValueError(f"unknown DiT preset {name!r}; choose one of {', '.join(DIT_CONFIGS)}")
@@ -222,7 +227,8 @@ class DiT(nn.Module):
         self.apply(basic)
         proj = self.x_embedder.proj
         nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
-        nn.init.zeros_(proj.bias)
+        if proj.bias is not None:
+            nn.init.zeros_(proj.bias)
         if self.y_embedder is not None:
             nn.init.normal_(self.y_embedder.embedding.weight, std=1.0)
         for block in [*self.blocks, self.final_layer]:

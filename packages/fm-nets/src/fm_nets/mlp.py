@@ -88,6 +88,8 @@ class MLPVelocity(nn.Module):
             Use 0 for high-dimensional inputs such as flattened images.
     """
 
+    x_freqs: Tensor  # buffer [fourier_features] (not saved in the state_dict)
+
     def __init__(
         self,
         dim: int,
@@ -133,7 +135,7 @@ class MLPVelocity(nn.Module):
         self.merge = nn.Linear(2 * hidden, hidden)  # concat(x features, t/y embedding) -> hidden
         if self.residual:
             self.blocks = nn.ModuleList(_ResidualBlock(hidden, act) for _ in range(depth))
-            self.out = nn.Sequential(nn.LayerNorm(hidden), act(), nn.Linear(hidden, dim))
+            self.out: nn.Module = nn.Sequential(nn.LayerNorm(hidden), act(), nn.Linear(hidden, dim))
         else:
             self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(hidden, hidden), act()) for _ in range(depth))
             self.out = nn.Linear(hidden, dim)
@@ -149,7 +151,7 @@ class MLPVelocity(nn.Module):
         return cls(dim, hidden=512, depth=5, time_dim=128, num_classes=num_classes,
                    activation="relu", time_embedding="raw", residual=False, fourier_features=0)
 
-    def embed(self, t: Tensor, y: Tensor | None, batch: int, like: Tensor) -> Tensor:
+    def embed(self, t: Tensor | float, y: Tensor | None, batch: int, like: Tensor) -> Tensor:
         """Time (+ label) embedding [B, hidden] for t [B] (or scalar) and labels y [B] | None."""
         c = self.time_embed(as_time_batch(t, batch, like))
         if self.label_embed is not None:

@@ -34,6 +34,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,13 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+def _zero_init(conv: nn.Conv2d) -> None:
+    """Set a convolution's weight and bias (if any) to zero, so its output starts at 0."""
+    nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
 class SelfAttention2d(nn.Module):
     """Multi-head self-attention over the H*W positions, pre-GroupNorm, residual, output zero-initialised."""
 
@@ -89,8 +97,7 @@ class SelfAttention2d(nn.Module):
         self.norm = nn.GroupNorm(groups, ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = nn.Conv2d(ch, ch, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        _zero_init(self.proj)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
@@ -169,7 +176,7 @@ class UNet(nn.Module):
         if emb_dim < 2 or emb_dim % 2:
             raise ValueError(f"emb_dim must be an even number >= 2, got {emb_dim}")
 
-        self.config = dict(
+        self.config: dict[str, Any] = dict(
             in_channels=in_channels, channels=list(channels), num_res_blocks=num_res_blocks,
             attention=bool(attention), num_classes=num_classes, dropout=float(dropout), groups=groups,
             emb_dim=emb_dim, conditioning=conditioning, num_heads=num_heads, mid_blocks=mid_blocks,
@@ -206,8 +213,7 @@ class UNet(nn.Module):
                 self.upsample.append(nn.ConvTranspose2d(c, channels[i - 1], 2, stride=2))
         self.out_norm = nn.GroupNorm(groups, channels[0])
         self.out_conv = nn.Conv2d(channels[0], io_channels, 3, padding=1)
-        nn.init.zeros_(self.out_conv.weight)
-        nn.init.zeros_(self.out_conv.bias)
+        _zero_init(self.out_conv)
 
     def _check_input(self, x: Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -236,7 +242,7 @@ class UNet(nn.Module):
         h = self.stem(F.pixel_unshuffle(x, p) if p > 1 else x)
         skips = []
         for i, blocks in enumerate(self.down):
-            for blk in blocks:
+            for blk in cast(nn.ModuleList, blocks):
                 h = blk(h, emb)
                 skips.append(h)
             if i < len(self.downsample):
@@ -248,7 +254,7 @@ class UNet(nn.Module):
         if not self.mid and self.attn is not None:
             h = self.attn(h)
         for i, blocks in enumerate(self.up):
-            for blk in blocks:
+            for blk in cast(nn.ModuleList, blocks):
                 h = blk(torch.cat([h, skips.pop()], dim=1), emb)
             if i < len(self.upsample):
                 h = self.upsample[i](h)

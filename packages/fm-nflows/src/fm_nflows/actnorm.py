@@ -31,6 +31,8 @@ class ActNorm(FlowLayer):
         eps: added to the batch standard deviation at initialisation.
     """
 
+    initialized: Tensor  # buffer, 0-d bool
+
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
         if dim < 1:

@@ -89,6 +89,10 @@ class AffineCoupling(FlowLayer):
     ``inverse(z, context) -> (x, logdet)`` with the opposite log-determinant.
     """
 
+    mask: Tensor  # buffer [D] bool, True = conditioning coordinate
+    cond_idx: Tensor  # buffer: indices where mask is True
+    trans_idx: Tensor  # buffer: indices where mask is False
+
     def __init__(self, dim: int, mask: Tensor | Sequence[int | bool] | None = None, *,
                  hidden: int = 128, n_hidden: int = 3, activation: str = "relu",
                  context_dim: int = 0, scale_bound: float = 2.0, zero_init: bool = True) -> None:

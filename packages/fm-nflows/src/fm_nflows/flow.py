@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
@@ -118,7 +118,12 @@ class Flow(nn.Module):
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
             raise ValueError(f"labels y must lie in [0, {self.num_classes}), got values in "
                              f"[{int(y.min())}, {int(y.max())}]")
+        assert self.embedding is not None  # built in __init__ whenever num_classes is not None
         return self.embedding(y.long())
+
+    def _flow_layers(self) -> list[FlowLayer]:
+        """The layers in data -> noise order (``nn.ModuleList`` iterates as plain ``nn.Module``)."""
+        return cast("list[FlowLayer]", list(self.layers))
 
     # ------------------------------------------------------------- transforms
     def forward(self, x: Tensor, y: Tensor | int | None = None) -> tuple[Tensor, Tensor]:
@@ -136,7 +141,7 @@ class Flow(nn.Module):
         check_points(z, self.dim, "z")
         ctx = self._context(y, z.shape[0], z.device)
         logdet = z.new_zeros(z.shape[0])
-        for layer in reversed(self.layers):
+        for layer in reversed(self._flow_layers()):
             z, ld = layer.inverse(z, ctx)
             logdet = logdet + ld
         return z, logdet
@@ -153,7 +158,8 @@ class Flow(nn.Module):
             raise ValueError(f"direction must be 'inverse' or 'forward', got {direction!r}")
         check_points(inputs, self.dim, "inputs")
         ctx = self._context(y, inputs.shape[0], inputs.device)
-        order = list(reversed(self.layers)) if direction == "inverse" else list(self.layers)
+        layers = self._flow_layers()
+        order = layers[::-1] if direction == "inverse" else layers
         points, h = [inputs], inputs
         logdet = inputs.new_zeros(inputs.shape[0])
         for layer in order:
@@ -212,7 +218,7 @@ class Flow(nn.Module):
         save_flow(self, directory)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, *, device: str | torch.device | None = None) -> "Flow":
+    def load(cls, directory: str | os.PathLike, *, device: str | torch.device | None = None) -> Flow:
         """Rebuild a flow saved with :meth:`save` (never re-initialises ActNorm)."""
         from .checkpoint import load_flow
 

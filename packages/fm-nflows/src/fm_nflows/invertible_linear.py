@@ -28,6 +28,9 @@ class InvertibleLinear(FlowLayer):
     ``inverse`` returns the negative.
     """
 
+    perm: Tensor  # buffer [D, D], the permutation matrix P
+    sign: Tensor  # buffer [D], sign of the diagonal of U
+
     def __init__(self, dim: int, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
         if dim < 1:

@@ -27,6 +27,8 @@ class Permutation(FlowLayer):
     """
 
     KINDS = ("reverse", "random")
+    perm: Tensor  # buffer [D] long
+    inv_perm: Tensor  # buffer [D] long
 
     def __init__(self, dim: int, kind: str = "reverse", *, generator: torch.Generator | None = None,
                  perm: Tensor | list[int] | None = None) -> None:

@@ -1,9 +1,12 @@
-"""One training loop for flow-matching models: EMA, schedules, atomic checkpoints, resume, NaN guard.
+"""One training loop for flow-matching models: EMA, schedules, atomic checkpoints, resume, NaN guard,
+run directories, stop and logging hooks, DDP.
 
-Model- and loss-agnostic: the app passes ``loss_fn(model, batch, generator)`` and
-``batch_fn(step, generator)``; nothing here imports another fm_* package.
+Model- and loss-agnostic: the app passes ``loss_fn(model, batch, ctx)`` (``ctx``: a StepContext with
+the generator and the DDP shard) and ``batch_fn(step, generator)``; nothing here imports another
+fm_* package.
 """
 
+from . import distributed
 from .checkpoint import (
     CHECKPOINT_DIRNAME,
     Checkpoint,
@@ -18,20 +21,23 @@ from .checkpoint import (
     recover_checkpoint,
     save_checkpoint,
 )
-from .config import DEFAULT_STEPS, RESUME_MUST_MATCH, TrainConfig
+from .config import DEFAULT_STEPS, RESUME_MUST_MATCH, StrictConfig, TrainConfig
 from .devices import DEVICE_CHOICES, autocast, maybe_compile, resolve_device
-from . import distributed
 from .distributed import DistInfo, dist_info
 from .ema import EMA
-from .history import HISTORY_FILENAME, LossHistory
+from .history import HISTORY_FILENAME, LossHistory, read_csv_columns
+from .hooks import StepContext, StepInfo, StopFn
+from .loggers import CSVLogger, Logger, MissingDependencyError, TensorBoardLogger
 from .loop import Trainer, TrainingDivergedError, TrainResult
 from .rng import capture_rng_state, restore_rng_state, seed_everything
+from .rundir import METRICS_FILENAME, RunDir, machine_info
 from .schedule import SCHEDULES, decay_progress, lr_at
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CHECKPOINT_DIRNAME",
+    "CSVLogger",
     "Checkpoint",
     "CheckpointError",
     "DEFAULT_STEPS",
@@ -39,9 +45,18 @@ __all__ = [
     "DistInfo",
     "EMA",
     "HISTORY_FILENAME",
+    "Logger",
     "LossHistory",
+    "METRICS_FILENAME",
+    "MissingDependencyError",
     "RESUME_MUST_MATCH",
+    "RunDir",
     "SCHEDULES",
+    "StepContext",
+    "StepInfo",
+    "StopFn",
+    "StrictConfig",
+    "TensorBoardLogger",
     "TrainConfig",
     "TrainResult",
     "Trainer",
@@ -58,7 +73,9 @@ __all__ = [
     "load_model_for_sampling",
     "load_weights",
     "lr_at",
+    "machine_info",
     "maybe_compile",
+    "read_csv_columns",
     "read_json",
     "recover_checkpoint",
     "resolve_device",

@@ -28,9 +28,10 @@ import os
 import pickle
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from safetensors.torch import load_file as _st_load_file
@@ -308,7 +309,9 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", train_state: bool = True) -> Checkpoint:
+def load_checkpoint(
+    path: str | os.PathLike, *, map_location: str | torch.device = "cpu", train_state: bool = True
+) -> Checkpoint:
     """Read a checkpoint (a run directory or a checkpoint directory); never runs pickled code.
 
     ``ema`` is None when ``ema.safetensors`` is absent; ``train_state`` is None when not asked
@@ -320,12 +323,21 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
         raise CheckpointError(f"{p}: no checkpoint found (nor {_old(p).name} beside it)")
     config = read_json(found / CONFIG_FILE)
     if config.get("format") == RUN_FORMAT:
-        raise CheckpointError(f"{found / CONFIG_FILE}: this is a run's config; the run has no checkpoint yet ({found / CHECKPOINT_DIRNAME} does not exist)")
+        raise CheckpointError(
+            f"{found / CONFIG_FILE}: this is a run's config; the run has no checkpoint yet "
+            f"({found / CHECKPOINT_DIRNAME} does not exist)"
+        )
     if config.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{found / CONFIG_FILE}: not an fm-train checkpoint config (format={config.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
+        raise CheckpointError(
+            f"{found / CONFIG_FILE}: not an fm-train checkpoint config "
+            f"(format={config.get('format')!r}, expected {CHECKPOINT_FORMAT!r})"
+        )
     version = config.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version > CHECKPOINT_VERSION or version < 1:
-        raise CheckpointError(f"{found / CONFIG_FILE}: unsupported checkpoint version {version!r} (this fm-train reads 1..{CHECKPOINT_VERSION})")
+        raise CheckpointError(
+            f"{found / CONFIG_FILE}: unsupported checkpoint version {version!r} "
+            f"(this fm-train reads 1..{CHECKPOINT_VERSION})"
+        )
     step = config.get("step", 0)
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise CheckpointError(f"{found / CONFIG_FILE}: 'step' must be an integer >= 0, found {step!r}")
@@ -345,7 +357,9 @@ def _names(keys: list[str], limit: int = 5) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], file: str | os.PathLike) -> None:
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], file: str | os.PathLike
+) -> None:
     """Raise :class:`CheckpointError` if ``found`` lacks, adds or mis-shapes tensors of ``expected``."""
     missing = [k for k in expected if k not in found]
     extra = [k for k in found if k not in expected]
@@ -399,8 +413,12 @@ def _check_same_run(ckpt: Checkpoint, cfg_file: Path) -> None:
     if run_cfg.get("format") != RUN_FORMAT:
         return
     skip = ("format", "version", "step", "train")
-    diffs = config_diff({k: v for k, v in ckpt.config.items() if k not in skip},
-                        {k: v for k, v in run_cfg.items() if k not in skip}, shared_only=True, now=f"in {run_file.name}")  # fmt: skip
+    diffs = config_diff(
+        {k: v for k, v in ckpt.config.items() if k not in skip},
+        {k: v for k, v in run_cfg.items() if k not in skip},
+        shared_only=True,
+        now=f"in {run_file.name}",
+    )
     if diffs:
         shown = "; ".join(diffs[:3])
         more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
@@ -427,12 +445,16 @@ def load_model_for_sampling(
     try:
         model = build_fn(ckpt.config)
     except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{cfg_file}: cannot build the model from this config ({type(e).__name__}: {_first_line(e)})") from None
+        raise CheckpointError(
+            f"{cfg_file}: cannot build the model from this config ({type(e).__name__}: {_first_line(e)})"
+        ) from None
     if not isinstance(model, nn.Module):
         raise TypeError(f"build_fn must return an nn.Module, got {type(model).__name__}")
     if use_ema:
         if ckpt.ema is None:
-            raise CheckpointError(f"{ckpt.path / EMA_FILE}: missing file (pass use_ema=False to sample with the trained weights)")
+            raise CheckpointError(
+                f"{ckpt.path / EMA_FILE}: missing file (pass use_ema=False to sample with the trained weights)"
+            )
         load_weights(model, ckpt.ema, ckpt.path / EMA_FILE)
     else:
         load_weights(model, ckpt.model, ckpt.path / MODEL_FILE)

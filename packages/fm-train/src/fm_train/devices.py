@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import ContextManager
+from typing import cast
 
 import torch
 from torch import nn
@@ -54,7 +54,9 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
             raise ValueError(f"device {spec!r} asked for, but CUDA is not available here; use 'cpu' or 'auto'")
         count = torch.cuda.device_count()
         if index is not None and int(index) >= count:
-            raise ValueError(f"device {spec!r} asked for, but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+            raise ValueError(
+                f"device {spec!r} asked for, but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})"
+            )
         return torch.device("cuda", int(index)) if index is not None else torch.device("cuda")
     # mps
     if not _mps_available():
@@ -64,7 +66,7 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     return torch.device("mps")
 
 
-def autocast(device: torch.device | str, bf16: bool = False) -> ContextManager:
+def autocast(device: torch.device | str, bf16: bool = False) -> contextlib.AbstractContextManager:
     """Context for the forward pass: bf16 autocast when ``bf16`` is true, else a no-op.
 
     On CUDA this is the usual mixed precision (weights and optimizer stay float32).
@@ -87,4 +89,4 @@ def maybe_compile(model: nn.Module, enabled: bool = False, **compile_kwargs) -> 
     """
     if not enabled:
         return model
-    return torch.compile(model, **compile_kwargs)
+    return cast(nn.Module, torch.compile(model, **compile_kwargs))

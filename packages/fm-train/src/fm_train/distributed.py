@@ -2,16 +2,18 @@
 
 How a run is split (the contract every app follows)::
 
-    torchrun --standalone --nproc-per-node 2 -m fm_pixel.cli train ...   # or any fm-* train command
+    torchrun --standalone --nproc-per-node 2 -m your_app.cli train ...   # any train command built on the Trainer
 
 - Every rank draws the same *global* batch and the same noise from the Trainer's generator
   (identical seeds and identical consumption on every rank), and trains on its own contiguous
-  slice of it (``fm_core.shard_slice``, applied by the loss after the noise is drawn): rank r of W takes rows [r B/W, (r+1) B/W). DDP averages the
-  gradients, so a step of W processes is the step of one process on the whole batch, up to the
-  order of floating-point sums. The global batch, the learning rate and the number of steps do
+  slice of it (``ctx.shard`` of the loss's StepContext, applied with ``fm_core.shard_slice`` after
+  the noise is drawn): rank r of W takes rows [r B/W, (r+1) B/W). DDP averages the gradients,
+  so a step of W processes is the step of one process on the whole batch, up to the order of
+  floating-point sums. The global batch, the learning rate and the number of steps do
   not depend on W; a checkpoint written with W processes resumes with any other number.
-- Only rank 0 writes files (checkpoints, loss.csv, pictures, metrics) and prints; all ranks
-  train. Parameters and EMA stay identical on every rank (same gradients, same updates); the
+- Only rank 0 writes files (checkpoints, loss.csv, pictures, metrics) and logs; all ranks
+  train. Whether the other ranks' standard output is silenced is the command line's choice
+  (``setup(quiet_others=True)``). Parameters and EMA stay identical on every rank (same gradients, same updates); the
   Trainer checks that at every checkpoint.
 - Time-based decisions (a minutes budget, the cosine schedule over minutes, checkpoints every
   few minutes) use rank 0's clock, sent to every rank each step over a small CPU (gloo) group,
@@ -25,15 +27,17 @@ training runs in one process as before.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 __all__ = [
     "DistInfo",
+    "LAUNCH_NAMES",
     "barrier",
     "broadcast_float",
     "cleanup",
@@ -92,19 +96,35 @@ def env_world_size() -> int:
         return 1
 
 
-def launch_problem(batch_size: int, out_given: bool) -> str | None:
+LAUNCH_NAMES = {"run_dir": "the run directory", "batch_size": "the batch size"}
+
+
+def launch_problem(batch_size: int, run_dir_given: bool, names: Mapping[str, str] | None = None) -> str | None:
     """What is wrong with this torchrun launch of a training command, before any work (None: nothing).
 
-    Under torchrun the run directory must be given (each process would invent its own default
-    name) and the global batch must split evenly over the processes."""
+    Under torchrun the run directory must be given explicitly (each process would invent its own
+    default name) and the global batch must split evenly over the processes. The message calls
+    them "the run directory" and "the batch size"; a command line passes its own words in
+    ``names`` (keys of :data:`LAUNCH_NAMES`), e.g. the flags that set them."""
+    words = dict(LAUNCH_NAMES)
+    if names:
+        unknown = sorted(set(names) - set(LAUNCH_NAMES))
+        if unknown:
+            raise ValueError(f"unknown launch name(s) {', '.join(unknown)}; known: {', '.join(LAUNCH_NAMES)}")
+        words.update(names)
     world = env_world_size()
     if world <= 1:
         return None
-    if not out_given:
-        return "under torchrun give --out: every process must write to, and read from, the same run directory"
+    if not run_dir_given:
+        return (
+            f"under torchrun give {words['run_dir']}: every process must write to, and read from, "
+            "the same run directory"
+        )
     if batch_size % world:
-        return (f"--batch-size {batch_size} does not split evenly over {world} processes; the batch is global "
-                f"(each process trains on batch/{world} of it): choose a multiple of {world}")
+        return (
+            f"{words['batch_size']} {batch_size} does not split evenly over {world} processes; the batch is global "
+            f"(each process trains on batch/{world} of it): choose a multiple of {world}"
+        )
     return None
 
 
@@ -124,14 +144,17 @@ def is_main_process() -> bool:
     return dist_info().is_main
 
 
-def setup(device: str | torch.device = "auto", timeout_minutes: float = 30.0, quiet_others: bool = True) -> tuple[DistInfo, torch.device]:
+def setup(
+    device: str | torch.device = "auto", timeout_minutes: float = 30.0, quiet_others: bool = False
+) -> tuple[DistInfo, torch.device]:
     """Join the process group torchrun prepared (if any) and pick this rank's device.
 
     Returns (info, device). Without torchrun's environment this is ``(DistInfo(), resolve_device(device))``
     and nothing else happens. Under torchrun: CUDA ranks use ``cuda:LOCAL_RANK`` and NCCL (a
     ``device`` of "cuda:N" is refused: the launcher assigns GPUs); CPU ranks use gloo; with
-    ``quiet_others`` the standard output of ranks other than 0 goes to /dev/null (one progress
-    bar and one summary, not W; errors still reach stderr). Calling it twice is harmless.
+    ``quiet_others`` (a command line's choice; off by default) the standard output of ranks other
+    than 0 goes to /dev/null (one progress bar and one summary, not W; errors still reach
+    stderr). Calling it twice is harmless.
     """
     from .devices import resolve_device
 
@@ -143,10 +166,15 @@ def setup(device: str | torch.device = "auto", timeout_minutes: float = 30.0, qu
     dev = resolve_device(device)
     if dev.type == "cuda":
         if dev.index is not None and str(device) not in ("auto", "cuda"):
-            raise ValueError(f"device {str(device)!r}: under torchrun each rank uses cuda:LOCAL_RANK; pass --device cuda or auto")
+            raise ValueError(
+                f"device {str(device)!r}: under torchrun each rank uses cuda:LOCAL_RANK; "
+                "use the device 'cuda' or 'auto'"
+            )
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(f"LOCAL_RANK {local_rank} but this machine has {torch.cuda.device_count()} CUDA device(s): "
-                             "use --nproc-per-node <= the number of GPUs")
+            raise ValueError(
+                f"LOCAL_RANK {local_rank} but this machine has {torch.cuda.device_count()} CUDA device(s): "
+                "start at most that many processes per machine (torchrun's --nproc-per-node)"
+            )
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
         backend = "nccl"
@@ -156,8 +184,8 @@ def setup(device: str | torch.device = "auto", timeout_minutes: float = 30.0, qu
         raise ValueError(f"multi-process training runs on CUDA (NCCL) or CPU (gloo), not on {dev.type!r}")
     global _CONTROL_GROUP
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes),
-                                **({"device_id": dev} if backend == "nccl" else {}))
+        extra: dict[str, Any] = {"device_id": dev} if backend == "nccl" else {}
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes), **extra)
     if _CONTROL_GROUP is None:
         _CONTROL_GROUP = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
     info = dist_info()
@@ -168,19 +196,30 @@ def setup(device: str | torch.device = "auto", timeout_minutes: float = 30.0, qu
     return info, dev
 
 
-def start_training(batch_size: int, out_given: bool, device: str | torch.device, prog: str,
-                   usage_error: Callable[[str], object]) -> DistInfo:
+def start_training(
+    batch_size: int,
+    run_dir_given: bool,
+    device: str | torch.device,
+    prog: str,
+    usage_error: Callable[[str], object],
+    quiet_others: bool = False,
+    names: Mapping[str, str] | None = None,
+) -> DistInfo:
     """What a train command does before training: refuse a bad torchrun launch through
-    ``usage_error`` (e.g. argparse's ``parser.error``, which exits 2), join the process group,
-    and say how the batch is split. Returns this process's DistInfo (one process: DistInfo())."""
-    problem = launch_problem(batch_size, out_given)
+    ``usage_error`` (e.g. argparse's ``parser.error``, which exits 2) with :func:`launch_problem`'s
+    message (``names`` passed on), join the process group (:func:`setup`, ``quiet_others`` passed
+    on), and say how the batch is split. Returns this process's DistInfo (one process: DistInfo())."""
+    problem = launch_problem(batch_size, run_dir_given, names)
     if problem:
         usage_error(problem)
         raise SystemExit(2)  # usage_error should not return
-    info, _ = setup(device)
+    info, _ = setup(device, quiet_others=quiet_others)
     if info.world_size > 1:
-        print(f"{prog}: {info.world_size} processes (DDP), {batch_size // info.world_size} of the batch of "
-              f"{batch_size} each", flush=True)
+        print(
+            f"{prog}: {info.world_size} processes (DDP), {batch_size // info.world_size} of the batch of "
+            f"{batch_size} each",
+            flush=True,
+        )
     return info
 
 
@@ -209,5 +248,5 @@ def broadcast_float(value: float, src: int = 0) -> float:
     if group is None and dist.get_backend() != "gloo":
         raise RuntimeError("broadcast_float needs fm_train.distributed.setup() (a gloo control group next to NCCL)")
     t = torch.tensor([value], dtype=torch.float64)
-    dist.broadcast(t, src=src, group=group)
+    dist.broadcast(t, src=src, group=group)  # type: ignore[arg-type]  # group.WORLD is a ProcessGroup here
     return float(t[0])

@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +32,12 @@ class EMA:
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True):
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not (0.0 <= decay < 1.0) or math.isnan(decay):
+        if (
+            isinstance(decay, bool)
+            or not isinstance(decay, (int, float))
+            or not (0.0 <= decay < 1.0)
+            or math.isnan(decay)
+        ):
             raise ValueError(f"EMA decay must be a number in [0, 1), got {decay!r}")
         self.decay = float(decay)
         self.warmup = bool(warmup)
@@ -42,7 +48,7 @@ class EMA:
 
     @staticmethod
     def _split(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        params = list(model.parameters())
+        params: list[torch.Tensor] = list(model.parameters())
         floats = [p for p in params if p.is_floating_point()]
         others = [p for p in params if not p.is_floating_point()]
         return floats, others, list(model.buffers())
@@ -51,7 +57,9 @@ class EMA:
         # Cache the model's tensor lists: rebuilding them every step costs more than the update.
         if self._source is None or self._source[0] != id(model):
             src = self._split(model)
-            for mine, theirs, what in zip((self._ema_float, self._ema_other, self._ema_buffers), src, ("parameters", "parameters", "buffers")):
+            for mine, theirs, what in zip(
+                (self._ema_float, self._ema_other, self._ema_buffers), src, ("parameters", "parameters", "buffers")
+            ):
                 if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
                     raise ValueError(f"EMA.update: the model's {what} do not match the ones this EMA was built from")
             self._source = (id(model), src)

@@ -4,14 +4,18 @@ EMA, a step or minutes budget, progress bar, atomic checkpoints, exact resume an
 The loop is model- and loss-agnostic. The app supplies three callables::
 
     batch_fn(step, generator) -> batch           # draws batch number `step` (1-based)
-    loss_fn(model, batch, generator) -> loss     # a 0-d tensor; t=0 noise, t=1 data is the
-                                                 # app's business (fm_core.FlowMatchingLoss)
+    loss_fn(model, batch, ctx) -> loss           # a 0-d tensor; ctx: StepContext (generator, shard,
+                                                 # step, rank, world_size); t=0 noise, t=1 data is
+                                                 # the app's business (fm_core.FlowMatchingLoss)
     sample_fn(ema_model, step, run_dir) -> None  # pictures; under no_grad, RNG-isolated
 
-``generator`` is a ``torch.Generator`` on the training device owned by the Trainer: all the
-randomness of a step should come from it (or from the global RNGs, which are saved too), so
-that ``train(resume=True)`` after a crash continues exactly as an uninterrupted run would
-(bit-for-bit on CPU; on CUDA only with deterministic kernels, ``torch.use_deterministic_algorithms``).
+and optionally ``stop_fn(StepInfo) -> bool`` (ends the run cleanly when it returns True) and
+``loggers`` (where the log rows go; default: ``loss.csv`` through :class:`CSVLogger`).
+
+``generator`` (``ctx.generator``) is a ``torch.Generator`` on the training device owned by the
+Trainer: all the randomness of a step should come from it (or from the global RNGs, which are
+saved too), so that ``train(resume=True)`` after a crash continues exactly as an uninterrupted run
+would (bit-for-bit on CPU; on CUDA only with deterministic kernels, ``torch.use_deterministic_algorithms``).
 
 Host-device syncs happen only every ``log_every`` steps (and before checkpoints/samples):
 per-step losses stay on the device and are checked for NaN/inf in one go, so the step
@@ -19,7 +23,8 @@ that diverged is still named exactly.
 
 Several processes (``torchrun``, see :mod:`fm_train.distributed`): the model is wrapped in
 DistributedDataParallel, every rank runs this loop on the same global batches (the app's loss
-trains on the rank's shard), the logged loss is the mean over ranks, and only rank 0 writes.
+trains on the rank's shard, ``ctx.shard``), the logged loss is the mean over ranks, only rank 0
+writes and logs, and rank 0's ``stop_fn`` decides for every rank.
 """
 
 from __future__ import annotations
@@ -29,23 +34,22 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoint import (
-    CHECKPOINT_DIRNAME,
     CONFIG_FILE,
     EMA_FILE,
     MODEL_FILE,
     RUN_FORMAT,
     STATE_FILE,
     CheckpointError,
-    atomic_write_text,
     config_diff,
     find_checkpoint,
     load_checkpoint,
@@ -57,8 +61,11 @@ from .config import RESUME_MUST_MATCH, TrainConfig
 from .devices import autocast, maybe_compile, resolve_device
 from .distributed import broadcast_float, dist_info
 from .ema import EMA
-from .history import HISTORY_FILENAME, LossHistory
+from .history import LossHistory
+from .hooks import StepContext, StepInfo, StopFn
+from .loggers import CSVLogger, Logger
 from .rng import capture_rng_state, restore_rng_state, seed_everything
+from .rundir import RunDir
 from .schedule import decay_progress, lr_at
 
 __all__ = ["Trainer", "TrainResult", "TrainingDivergedError"]
@@ -66,7 +73,7 @@ __all__ = ["Trainer", "TrainResult", "TrainingDivergedError"]
 log = logging.getLogger("fm_train")
 
 BatchFn = Callable[[int, torch.Generator], Any]
-LossFn = Callable[[nn.Module, Any, torch.Generator], torch.Tensor]
+LossFn = Callable[[nn.Module, Any, StepContext], torch.Tensor]
 SampleFn = Callable[[nn.Module, int, Path], None]
 
 _RESERVED_KEYS = ("format", "version", "step", "train")
@@ -95,8 +102,8 @@ class TrainResult:
     steps_this_call steps taken by this call
     seconds         wall time of this call's loop
     final_loss      mean loss over the last logged interval (None if no step was taken)
-    history_path    RUN/loss.csv;  checkpoint_path: RUN/checkpoint (None if none written)
-    stopped_by      "steps" or "minutes"
+    history_path    RUN/loss.csv (written by CSVLogger);  checkpoint_path: RUN/checkpoint (None if none written)
+    stopped_by      "steps" or "minutes" (the budget was used up), or "callback" (stop_fn returned True)
     """
 
     steps: int
@@ -127,7 +134,10 @@ class Trainer:
 
         config.json    {"format": "fm-train-run", "train": TrainConfig fields, **extra_config}
         checkpoint/    the latest checkpoint (see fm_train.checkpoint), atomically replaced
-        loss.csv       step,loss,lr,elapsed_s  (one row per log interval; at checkpoints and at the end)
+        loss.csv       step,loss,lr,elapsed_s  (one row per log interval; at checkpoints and at the end;
+                       written by the default logger, CSVLogger)
+
+    ``trainer.run`` is the :class:`~fm_train.rundir.RunDir` of ``run_dir``.
 
     The model is moved to the configured device; the EMA copy lives in ``trainer.ema.module``.
     ``extra_config`` (JSON-safe dict, e.g. the net's ``.config`` and the data set) is stored in
@@ -139,6 +149,14 @@ class Trainer:
     time between the last checkpoint and a crash is lost and trained again). The minutes
     include periodic checkpoints and sample grids; start-up and the final checkpoint/samples
     are outside it. Resuming a run that has used its budget trains no further step.
+
+    Hooks: ``stop_fn(StepInfo) -> bool`` is called on rank 0 after every log row and right after
+    every ``sample_fn`` call of the loop; when it returns True the run ends as at the end of its
+    budget (the last partial interval is logged, the final checkpoint written, ``sample_fn`` called
+    unless it has just run at this step) with ``stopped_by="callback"``, on every DDP rank
+    together; ``train(resume=True)`` continues it to the budget. ``loggers`` receive each log row
+    on rank 0 (see fm_train.loggers); the default ``None`` is ``[CSVLogger(run_dir)]`` (loss.csv),
+    ``[]`` logs nowhere.
     """
 
     def __init__(
@@ -150,35 +168,56 @@ class Trainer:
         run_dir: str | Path,
         sample_fn: SampleFn | None = None,
         extra_config: dict[str, Any] | None = None,
+        *,
+        stop_fn: StopFn | None = None,
+        loggers: Sequence[Logger] | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-        for name, fn in (("loss_fn", loss_fn), ("batch_fn", batch_fn)):
+        required: tuple[tuple[str, object], ...] = (("loss_fn", loss_fn), ("batch_fn", batch_fn))
+        for name, fn in required:
             if not callable(fn):
                 raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
-        if sample_fn is not None and not callable(sample_fn):
-            raise TypeError(f"sample_fn must be callable or None, got {type(sample_fn).__name__}")
+        optional: tuple[tuple[str, object], ...] = (("sample_fn", sample_fn), ("stop_fn", stop_fn))
+        for name, fn in optional:
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable or None, got {type(fn).__name__}")
+        if loggers is None:
+            loggers = [CSVLogger(run_dir)]
+        elif isinstance(loggers, (str, bytes)) or not isinstance(loggers, Sequence):
+            raise TypeError(
+                f"loggers must be a sequence of loggers (log(step, metrics), close()), got {type(loggers).__name__}"
+            )
+        for lg in loggers:
+            if not (callable(getattr(lg, "log", None)) and callable(getattr(lg, "close", None))):
+                raise TypeError(f"a logger needs log(step, metrics) and close() methods, got {type(lg).__name__}")
         extra = _json_normalise(extra_config or {}, "extra_config")
         if not isinstance(extra, dict):
             raise ValueError(f"extra_config must be a dict, got {type(extra_config).__name__}")
         clash = [k for k in extra if k in _RESERVED_KEYS]
         if clash:
-            raise ValueError(f"extra_config may not use the reserved key(s) {', '.join(clash)} (reserved: {', '.join(_RESERVED_KEYS)})")
+            raise ValueError(
+                f"extra_config may not use the reserved key(s) {', '.join(clash)} "
+                f"(reserved: {', '.join(_RESERVED_KEYS)})"
+            )
         config.validate()
 
         self.config = config
         self.extra_config: dict[str, Any] = extra
-        self.loss_fn, self.batch_fn, self.sample_fn = loss_fn, batch_fn, sample_fn
-        self.run_dir = Path(run_dir)
-        self.checkpoint_dir = self.run_dir / CHECKPOINT_DIRNAME
-        self.history_path = self.run_dir / HISTORY_FILENAME
+        self.loss_fn, self.batch_fn, self.sample_fn, self.stop_fn = loss_fn, batch_fn, sample_fn, stop_fn
+        self.loggers: list[Logger] = list(loggers)
+        self.run = RunDir(run_dir)
+        self.run_dir = self.run.path
+        self.checkpoint_dir = self.run.checkpoint_dir
+        self.history_path = self.run.history_path
 
         # Several processes (torchrun): rank 0 writes files, all ranks train (fm_train.distributed).
         info = dist_info()
         self.rank, self.world_size = info.rank, info.world_size
         self.is_main = info.is_main
+        self.shard = info.shard
 
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
@@ -191,7 +230,9 @@ class Trainer:
         # a chain of foreach ops (measured on fm-toy2d's 219k-parameter MLP on 2 CPU cores: 45 ms a
         # step instead of 53 ms)
         opt_kw: dict[str, Any] = {"fused": True} if self.device.type in ("cuda", "cpu") else {}
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, **opt_kw)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, **opt_kw
+        )
         self.generator = self._make_generator()
         self._train_model = self._wrap_for_training(self.model)
 
@@ -223,8 +264,14 @@ class Trainer:
 
             # DDP broadcasts rank 0's parameters now, so every rank starts from the same weights;
             # no buffers need syncing (no batch norm), so no broadcast before every forward
-            index = (self.device.index if self.device.index is not None else torch.cuda.current_device()) if self.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=[index] if index is not None else None, broadcast_buffers=False)
+            index = (
+                (self.device.index if self.device.index is not None else torch.cuda.current_device())
+                if self.device.type == "cuda"
+                else None
+            )
+            model = DistributedDataParallel(
+                model, device_ids=[index] if index is not None else None, broadcast_buffers=False
+            )
         return maybe_compile(model, self.config.compile)
 
     def _run_config(self, fmt: str, step: int | None = None) -> dict[str, Any]:
@@ -243,9 +290,17 @@ class Trainer:
         if cfg.steps is not None:
             p = decay_progress(step, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
         else:
+            assert cfg.minutes is not None  # a TrainConfig has exactly one budget
             frac = (self.elapsed if elapsed is None else elapsed) / (cfg.minutes * 60.0)
             p = decay_progress(step, warmup_steps=cfg.warmup_steps, time_fraction=frac)
-        return lr_at(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule=cfg.schedule, progress=p, min_lr_ratio=cfg.min_lr_ratio)
+        return lr_at(
+            step,
+            lr=cfg.lr,
+            warmup_steps=cfg.warmup_steps,
+            schedule=cfg.schedule,
+            progress=p,
+            min_lr_ratio=cfg.min_lr_ratio,
+        )
 
     # ------------------------------------------------------------------ NaN guard
 
@@ -282,12 +337,14 @@ class Trainer:
             torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
             torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
             if not torch.equal(low, high):
-                raise RuntimeError(f"step {self.step}: the ranks' weights or EMA differ (max norm gap "
-                                   f"{float((high - low).max()):.3g}); DDP should keep them identical")
+                raise RuntimeError(
+                    f"step {self.step}: the ranks' weights or EMA differ (max norm gap "
+                    f"{float((high - low).max()):.3g}); DDP should keep them identical"
+                )
 
     def _diverged(self, step: int, what: str) -> TrainingDivergedError:
-        if self.is_main and len(self.history):
-            self.history.to_csv(self.history_path)
+        if len(self.history):
+            self._flush_loggers()
         ckpt = self.checkpoint_dir if self._ckpt_step is not None else None
         return TrainingDivergedError(step, what, ckpt, self._ckpt_step)
 
@@ -326,7 +383,7 @@ class Trainer:
             config=self._run_config("fm-train-checkpoint", step=self.step),
         )
         self._ckpt_step = self.step
-        self.history.to_csv(self.history_path)
+        self._flush_loggers()
         return self.checkpoint_dir
 
     def _check_resume_config(self, config: dict[str, Any], file: Path) -> None:
@@ -388,16 +445,22 @@ class Trainer:
         self._ckpt_step = self.step
         self._lr = float(ts.get("lr", self.config.lr))
         self._resume_interval = resume_interval
+        if self.is_main:
+            for lg in self.loggers:
+                restore = getattr(lg, "restore", None)
+                if callable(restore):
+                    restore(self.step, history)
 
     # ------------------------------------------------------------------ sampling
 
-    def _sample(self) -> None:
+    def _sample(self) -> bool:
+        """Call sample_fn (rank 0, RNG-isolated); False when there is none."""
         if self.sample_fn is None:
-            return
+            return False
         self._flush()  # on every rank: these are collective with several processes
         self._check_weights()
         if not self.is_main:
-            return
+            return True
         # Sampling must not consume training randomness: resume exactness then holds
         # whatever sample_every is, and wherever the checkpoints fall.
         rng = capture_rng_state()
@@ -408,6 +471,32 @@ class Trainer:
         finally:
             restore_rng_state(rng)
             self.generator.set_state(gen_state)
+        return True
+
+    # ------------------------------------------------------------------ hooks
+
+    def _should_stop(self) -> bool:
+        """rank 0's ``stop_fn`` verdict, the same on every rank (called at the same steps on all)."""
+        stop = False
+        if self.is_main and self.stop_fn is not None:
+            stop = bool(self.stop_fn(StepInfo(step=self.step, loss=self._last_loss, lr=self._lr, elapsed=self.elapsed)))
+        if self.world_size > 1:
+            stop = broadcast_float(1.0 if stop else 0.0) > 0.5
+        return stop
+
+    def _flush_loggers(self) -> None:
+        if not self.is_main:
+            return
+        for lg in self.loggers:
+            flush = getattr(lg, "flush", None)
+            if callable(flush):
+                flush()
+
+    def _close_loggers(self) -> None:
+        if not self.is_main:
+            return
+        for lg in self.loggers:
+            lg.close()
 
     # ------------------------------------------------------------------ the loop
 
@@ -429,7 +518,7 @@ class Trainer:
             self.generator.manual_seed(cfg.seed)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(self._run_config(RUN_FORMAT), indent=2) + "\n")
+            self.run.write_config(self._run_config(RUN_FORMAT))
 
         budget_s = cfg.minutes * 60.0 if cfg.minutes is not None else None
         total_steps = cfg.steps
@@ -443,6 +532,10 @@ class Trainer:
         self._pending_first = self.step + 1
         self._interval_sum, self._interval_n = self._resume_interval
         self._resume_interval = (0.0, 0)
+
+        shard, rank, world = self.shard, self.rank, self.world_size
+        stopped_by = cfg.budget
+        sampled_at: int | None = None  # step of the loop's last sample_fn call
 
         bar = self._progress_bar(budget_s, base_elapsed)
         t0 = time.perf_counter()
@@ -459,7 +552,7 @@ class Trainer:
                 if total_steps is not None:
                     if self.step >= total_steps:
                         break
-                elif elapsed >= budget_s:
+                elif budget_s is not None and elapsed >= budget_s:
                     break
                 s = self.step + 1
                 lr = self.lr_for(s, elapsed)
@@ -469,8 +562,9 @@ class Trainer:
                     self._lr = lr
 
                 batch = self.batch_fn(s, gen)
+                ctx = StepContext(generator=gen, shard=shard, step=s, rank=rank, world_size=world)
                 with amp:
-                    loss = self.loss_fn(model, batch, gen)
+                    loss = self.loss_fn(model, batch, ctx)
                 if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
                     shape = list(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
                     raise ValueError(f"loss_fn must return a 0-d tensor, got {shape}")
@@ -484,16 +578,26 @@ class Trainer:
                 self.step = s
                 self.elapsed = base_elapsed + (time.perf_counter() - t0)
 
+                stop = False
                 if s % log_every == 0:
                     self._flush()
                     t_now = time.perf_counter()
                     self._log_row(bar, steps_per_s=(s - step_log) / max(t_now - t_log, 1e-9))
                     t_log, step_log = t_now, s
-                if (ckpt_every is not None and s % ckpt_every == 0) or (ckpt_s is not None and elapsed - e_ckpt >= ckpt_s):
+                    stop = self._should_stop()
+                if stop:  # the end of the run writes the checkpoint of this step
+                    stopped_by = "callback"
+                    break
+                if (ckpt_every is not None and s % ckpt_every == 0) or (
+                    ckpt_s is not None and elapsed - e_ckpt >= ckpt_s
+                ):
                     self.save_checkpoint()
                     e_ckpt = elapsed
-                if sample_every is not None and s % sample_every == 0:
-                    self._sample()
+                if sample_every is not None and s % sample_every == 0 and self._sample():
+                    sampled_at = s
+                    if self._should_stop():
+                        stopped_by = "callback"
+                        break
                 if bar is not None and time.perf_counter() - t_bar >= 0.5:
                     self._advance_bar(bar, budget_s)
                     t_bar = time.perf_counter()
@@ -504,15 +608,17 @@ class Trainer:
                 self._log_row(bar, steps_per_s=(self.step - step_log) / max(time.perf_counter() - t_log, 1e-9))
             if self.step > 0 and self._ckpt_step != self.step:
                 self.save_checkpoint()
-            elif self.is_main and len(self.history):
-                self.history.to_csv(self.history_path)
+            elif len(self.history):
+                self._flush_loggers()
             if bar is not None:
                 self._advance_bar(bar, budget_s)
         finally:
             if bar is not None:
                 bar.close()
+            self._close_loggers()
         seconds = time.perf_counter() - t0
-        if self.step > 0:
+        # the final samples (after a stop right behind the loop's sample_fn call they are there already)
+        if self.step > 0 and not (stopped_by == "callback" and sampled_at == self.step):
             self._sample()
         if self.world_size > 1:
             torch.distributed.barrier()  # leave together: rank 0 has written the checkpoint and the last samples
@@ -525,7 +631,7 @@ class Trainer:
             final_loss=self._last_loss,
             history_path=self.history_path,
             checkpoint_path=self.checkpoint_dir if self._ckpt_step is not None else None,
-            stopped_by=cfg.budget,
+            stopped_by=stopped_by,
         )
 
     # ------------------------------------------------------------------ progress and logging
@@ -534,9 +640,23 @@ class Trainer:
         if not (self.config.progress and self.is_main):
             return None
         if budget_s is None:
-            return tqdm(total=self.config.steps, initial=self.step, unit="step", desc="train", dynamic_ncols=True, mininterval=0.5)
+            return tqdm(
+                total=self.config.steps,
+                initial=self.step,
+                unit="step",
+                desc="train",
+                dynamic_ncols=True,
+                mininterval=0.5,
+            )
         fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
-        return tqdm(total=budget_s, initial=min(base_elapsed, budget_s), desc="train", bar_format=fmt, dynamic_ncols=True, mininterval=0.5)
+        return tqdm(
+            total=budget_s,
+            initial=min(base_elapsed, budget_s),
+            desc="train",
+            bar_format=fmt,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
 
     def _advance_bar(self, bar, budget_s: float | None) -> None:
         target = self.step if budget_s is None else min(self.elapsed, budget_s)
@@ -549,8 +669,12 @@ class Trainer:
         self._last_loss = mean
         self.history.append(self.step, mean, self._lr, self.elapsed)
         log.info("step %d loss %.5g lr %.3g %.1f steps/s", self.step, mean, self._lr, steps_per_s)
+        if self.is_main:
+            row = {"loss": mean, "lr": self._lr, "elapsed_s": self.elapsed, "steps_per_s": steps_per_s}
+            for lg in self.loggers:
+                lg.log(self.step, dict(row))
         if bar is not None:
-            post = {"loss": f"{mean:.4g}", "lr": f"{self._lr:.2e}"}
+            post: dict[str, Any] = {"loss": f"{mean:.4g}", "lr": f"{self._lr:.2e}"}
             if self.config.minutes is not None:
                 post = {"step": self.step, "it/s": f"{steps_per_s:.1f}", **post}
             bar.set_postfix(post, refresh=False)

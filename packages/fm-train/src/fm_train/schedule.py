@@ -20,7 +20,9 @@ __all__ = ["SCHEDULES", "lr_at", "decay_progress"]
 SCHEDULES = ("constant", "cosine")
 
 
-def decay_progress(step: int, *, warmup_steps: int, total_steps: int | None = None, time_fraction: float | None = None) -> float:
+def decay_progress(
+    step: int, *, warmup_steps: int, total_steps: int | None = None, time_fraction: float | None = None
+) -> float:
     """Progress ``p`` in [0, 1] of the decay phase (see the module docstring)."""
     if total_steps is not None:
         span = total_steps - warmup_steps
@@ -32,7 +34,15 @@ def decay_progress(step: int, *, warmup_steps: int, total_steps: int | None = No
     raise ValueError("decay_progress needs total_steps (step budget) or time_fraction (minutes budget)")
 
 
-def lr_at(step: int, *, lr: float, warmup_steps: int = 0, schedule: str = "constant", progress: float = 0.0, min_lr_ratio: float = 0.0) -> float:
+def lr_at(
+    step: int,
+    *,
+    lr: float,
+    warmup_steps: int = 0,
+    schedule: str = "constant",
+    progress: float = 0.0,
+    min_lr_ratio: float = 0.0,
+) -> float:
     """Learning rate of optimizer step ``step`` (1-based) for decay progress ``progress``."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")

@@ -1,0 +1,58 @@
+"""What the fm-* command lines share: argument types with bounds, flags with one meaning, the
+command skeletons (dispatch, ``--version``, one-line errors, exit codes, the train command's
+tail), labelled picture grids and GIFs, sample files.
+
+Modules: :mod:`fm_cli.argtypes`, :mod:`fm_cli.flags`, :mod:`fm_cli.app`, :mod:`fm_cli.train`,
+:mod:`fm_cli.pictures`, :mod:`fm_cli.samples`, :mod:`fm_cli.atomic`, :mod:`fm_cli.progress`.
+Importing fm_cli does not import torch (commands import what they need when they run).
+"""
+
+from . import argtypes, flags
+from .app import Command, add_version, error, interrupted, one_line, run_cli, subparser
+from .atomic import atomic_file
+from .pictures import LABEL_HEIGHT, grid_array, grid_image, save_gif, save_grid, save_reconstructions
+from .progress import progress
+from .samples import describe_labels, sample_summary, write_samples
+from .train import (
+    RunChoice,
+    check_bf16,
+    choose_run_dir,
+    default_run_dir,
+    resume_budget,
+    resume_conflicts,
+    run_training,
+    trained_line,
+)
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "LABEL_HEIGHT",
+    "Command",
+    "RunChoice",
+    "add_version",
+    "argtypes",
+    "atomic_file",
+    "check_bf16",
+    "choose_run_dir",
+    "default_run_dir",
+    "describe_labels",
+    "error",
+    "flags",
+    "grid_array",
+    "grid_image",
+    "interrupted",
+    "one_line",
+    "progress",
+    "resume_budget",
+    "resume_conflicts",
+    "run_cli",
+    "run_training",
+    "sample_summary",
+    "save_gif",
+    "save_grid",
+    "save_reconstructions",
+    "subparser",
+    "trained_line",
+    "write_samples",
+]

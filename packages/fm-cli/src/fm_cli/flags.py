@@ -1,0 +1,285 @@
+"""Flags that mean the same thing in every fm-* command line, and the checks that go with them.
+
+Each ``add_*`` adds its flag(s) to a parser (or argument group) with one name, one type and a
+help text that ends with the default, and returns what it added. The checks turn a bad
+combination into argparse's one-line usage error (exit status 2) before any work starts.
+
+    import argparse
+    from fm_cli import flags
+
+    p = argparse.ArgumentParser(prog="fm-demo")
+    flags.add_budget(p, default_steps="3000")
+    flags.add_sampler(p, ("euler", "midpoint", "heun", "rk4"))
+    flags.add_seed(p, 0)
+    args = p.parse_args(["--minutes", "2", "--solver", "dopri5"])
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .argtypes import (
+    count_int,
+    device_spec,
+    finite_float,
+    nonempty_path,
+    positive_float,
+    positive_int,
+    seed_int,
+    threads_int,
+)
+
+__all__ = [
+    "ADAPTIVE_SOLVERS",
+    "add_bf16",
+    "add_budget",
+    "add_compile",
+    "add_data_dir",
+    "add_device",
+    "add_out",
+    "add_pictures",
+    "add_quiet",
+    "add_resume",
+    "add_sampler",
+    "add_seed",
+    "add_threads",
+    "check_data_dir",
+    "check_output_paths",
+    "flag_given",
+    "refuse_inapplicable",
+    "resolve_sampler",
+    "set_threads",
+]
+
+#: The adaptive solver a command line offers wherever sampling allows one (its NFE is its own).
+ADAPTIVE_SOLVERS = ("dopri5",)
+
+Parser = argparse.ArgumentParser | argparse._ArgumentGroup
+
+
+def _with_default(text: str, default: Any, default_text: str | None = None) -> str:
+    """``text (default: X)`` with ``%`` escaped for argparse's help formatting."""
+    shown = str(default_text if default_text is not None else default).replace("%", "%%")
+    return f"{text} (default: {shown})"
+
+
+def add_device(p: Parser, default: str = "auto") -> argparse.Action:
+    """``--device``: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps; checked when parsed."""
+    return p.add_argument(
+        "--device",
+        type=device_spec,
+        default=default,
+        help=_with_default("auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps", default),
+    )
+
+
+def add_threads(p: Parser) -> argparse.Action:
+    """``--threads``: torch CPU threads (1..1024); None keeps torch's choice. Apply with :func:`set_threads`."""
+    return p.add_argument(
+        "--threads", type=threads_int, default=None, help=_with_default("torch CPU threads", None, "torch's choice")
+    )
+
+
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` unless ``threads`` is None."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def add_seed(
+    p: Parser, default: int | None = 0, *, default_text: str | None = None, help: str = "random seed"
+) -> argparse.Action:
+    """``--seed`` (0..2**32-1). With ``default=None`` say what stands in for it in ``default_text``
+    (e.g. "the recipe's")."""
+    return p.add_argument("--seed", type=seed_int, default=default, help=_with_default(help, default, default_text))
+
+
+def add_out(
+    p: Parser, *, required: bool = False, default_text: str | None = None, help: str = "run directory"
+) -> argparse.Action:
+    """``--out`` (a non-empty path): a run directory or an output file, as ``help`` says."""
+    text = help if required else _with_default(help, None, default_text or "a new directory under runs/")
+    return p.add_argument("--out", type=nonempty_path, required=required, default=None, help=text)
+
+
+def add_resume(p: Parser, help: str = "continue the run in --out from its checkpoint") -> argparse.Action:
+    """``--resume``: continue the run in ``--out`` (it must hold one; see fm_cli.train.choose_run_dir)."""
+    return p.add_argument("--resume", action="store_true", help=help)
+
+
+def add_quiet(p: Parser) -> argparse.Action:
+    """``--quiet``: no progress bar."""
+    return p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_bf16(p: Parser) -> argparse.Action:
+    """``--bf16``: bf16 autocast (CUDA only; see fm_cli.train.check_bf16)."""
+    return p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+
+
+def add_compile(p: Parser) -> argparse.Action:
+    """``--compile``: torch.compile the network."""
+    return p.add_argument("--compile", action="store_true", help="torch.compile the network")
+
+
+def add_budget(p: Parser, default_steps: str) -> argparse._MutuallyExclusiveGroup:
+    """``--steps`` (a positive integer) or ``--minutes`` (a positive number), not both; both default to
+    None and ``default_steps`` says what the command uses then (e.g. "3000" or "the recipe's")."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--steps", type=positive_int, default=None, help=f"optimizer steps (default: {default_steps} unless --minutes)"
+    )
+    group.add_argument(
+        "--minutes", type=positive_float, default=None, help="a training-time budget in minutes instead of steps"
+    )
+    return group
+
+
+def add_sampler(
+    p: Parser, solvers: Sequence[str], adaptive: bool = True, *, guidance: bool = True, default_text: str = "the run's"
+) -> list[argparse.Action]:
+    """``--solver`` (``solvers``, plus dopri5 when ``adaptive``), ``--nfe`` (velocity evaluations per
+    sample) and, with ``guidance``, ``--guidance`` (classifier-free guidance scale); all default to
+    None, which ``default_text`` describes. Resolve them with :func:`resolve_sampler`."""
+    choices = tuple(solvers) + (tuple(s for s in ADAPTIVE_SOLVERS if s not in solvers) if adaptive else ())
+    added = [
+        p.add_argument("--solver", choices=choices, default=None, help=_with_default("ODE solver", None, default_text)),
+        p.add_argument(
+            "--nfe",
+            type=count_int,
+            default=None,
+            help=_with_default("velocity evaluations per sample (fixed-step solvers)", None, default_text),
+        ),
+    ]
+    if guidance:
+        added.append(
+            p.add_argument(
+                "--guidance",
+                type=finite_float,
+                default=None,
+                help=_with_default("classifier-free guidance scale", None, default_text),
+            )
+        )
+    return added
+
+
+def resolve_sampler(
+    parser: argparse.ArgumentParser, solver: str | None, nfe: int | None, *, run_solver: str, run_nfe: int
+) -> tuple[str, int | None]:
+    """(solver, nfe) from ``--solver``/``--nfe`` and the run's defaults, or a usage error.
+
+    An adaptive solver takes no ``--nfe`` (returns nfe None). A fixed-step solver needs an NFE
+    that is a multiple of its evaluations per step; without ``--nfe`` the run's NFE is rounded
+    down to one (at least one step).
+    """
+    from fm_core.solvers import ADAPTIVE_METHODS, EVALS_PER_STEP
+
+    solver = solver or run_solver
+    if solver in ADAPTIVE_METHODS:
+        if nfe is not None:
+            parser.error(f"--nfe {nfe} cannot be used with --solver {solver} (an adaptive solver picks its own steps)")
+        return solver, None
+    per = EVALS_PER_STEP[solver]
+    if nfe is None:
+        return solver, run_nfe if run_nfe % per == 0 else per * max(1, run_nfe // per)
+    if nfe % per:
+        parser.error(f"--nfe {nfe} is not a multiple of {per}, the evaluations per step of {solver}")
+    return solver, nfe
+
+
+def add_pictures(p: Parser, what: str = "the images") -> list[argparse.Action]:
+    """``--grid FILE.png`` and ``--gif FILE.gif`` (check them with :func:`check_output_paths`)."""
+    return [
+        p.add_argument(
+            "--grid",
+            type=nonempty_path,
+            default=None,
+            help=f"also write a PNG grid of (up to 100 of) {what} (default: none)",
+        ),
+        p.add_argument(
+            "--gif",
+            type=nonempty_path,
+            default=None,
+            help=f"also write a GIF of the grid moving from noise to {what} (default: none)",
+        ),
+    ]
+
+
+def add_data_dir(p: Parser, holds: str = "mnist/ and fashion-mnist/") -> argparse.Action:
+    """``--data-dir``: the folder holding the data sets (checked by :func:`check_data_dir`)."""
+    return p.add_argument(
+        "--data-dir",
+        type=nonempty_path,
+        default=None,
+        help=f"folder with {holds} (default: $FM_DATA_DIR, then the system's, then a download)",
+    )
+
+
+def check_data_dir(
+    parser: argparse.ArgumentParser, data_dir: Path | None, holds: str = "mnist/ and fashion-mnist/"
+) -> None:
+    """Usage error when ``--data-dir`` is given but is not a directory."""
+    if data_dir is not None and not Path(data_dir).is_dir():
+        parser.error(f"--data-dir {str(data_dir)!r} is not a directory (it should hold {holds})")
+
+
+def check_output_paths(
+    parser: argparse.ArgumentParser,
+    *,
+    out: Path | None = None,
+    grid: Path | None = None,
+    gif: Path | None = None,
+    create: bool = True,
+) -> None:
+    """Usage errors for output files: ``--out`` must end in .npz, ``--grid`` in .png, ``--gif`` in
+    .gif (any case); with ``create`` their folders are made now, so that a bad location fails
+    before the work, not after it."""
+    given = [
+        (flag, Path(path), suffix)
+        for flag, path, suffix in (("--out", out, ".npz"), ("--grid", grid, ".png"), ("--gif", gif, ".gif"))
+        if path is not None
+    ]
+    for flag, path, suffix in given:
+        if path.suffix.lower() != suffix:
+            parser.error(f"{flag} {str(path)!r} must end in {suffix}")
+    if create:
+        for flag, path, _ in given:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                parser.error(f"{flag} {str(path)!r}: cannot create its folder ({e.strerror or e})")
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def flag_given(parser: argparse.ArgumentParser, args: argparse.Namespace, flag: str) -> bool:
+    """Whether ``flag`` (``--flag`` or its dest) has a value other than its default (a flag whose
+    default is None counts as given whenever it has a value)."""
+    dest = _dest(flag)
+    value = getattr(args, dest, None)
+    default = parser.get_default(dest)
+    return value is not None and value != default
+
+
+def refuse_inapplicable(parser: argparse.ArgumentParser, args: argparse.Namespace, flags: Mapping[str, str]) -> None:
+    """Usage error for flags given where they do not apply: ``flags`` maps a flag to the choice it
+    does not apply to, e.g. ``{"--time": "--model nf", "--coupling": "--model nf"}`` gives
+    ``--time, --coupling do not apply to --model nf`` when both were given (see :func:`flag_given`)."""
+    by_reason: dict[str, list[str]] = {}
+    for flag, reason in flags.items():
+        if flag_given(parser, args, flag):
+            by_reason.setdefault(reason, []).append("--" + _dest(flag).replace("_", "-"))
+    if by_reason:
+        parser.error(
+            "; ".join(
+                f"{', '.join(names)} {'does' if len(names) == 1 else 'do'} not apply to {reason}"
+                for reason, names in by_reason.items()
+            )
+        )
