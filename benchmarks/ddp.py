@@ -63,7 +63,17 @@ def _launch(module: str, args: list[str], procs: int, threads: int) -> str:
     if procs == 1:
         cmd = [sys.executable, "-m", module, *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs), "-m", module, *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(procs),
+            "-m",
+            module,
+            *args,
+        ]
     return _run(cmd, threads)
 
 
@@ -71,15 +81,38 @@ def measure(app: str, steps: int, procs: int, threads: int, tmp: Path) -> float:
     """Training steps per second of ``app``'s default recipe."""
     out = tmp / f"{app}-{procs}x{threads}"
     if app == "toy2d":
-        text = _launch("fm_toy2d.cli", ["train", "--steps", str(steps), "--no-pictures", "--quiet", "--device", "cpu",
-                                        "--out", str(out)], procs, threads)
+        text = _launch(
+            "fm_toy2d.cli",
+            ["train", "--steps", str(steps), "--no-pictures", "--quiet", "--device", "cpu", "--out", str(out)],
+            procs,
+            threads,
+        )
         m = re.search(r"trained (\d+) steps in ([\d.]+) s \(([\d.]+) steps/s\)", text)
         if m is None:
             raise RuntimeError(f"unexpected fm-toy2d output:\n{text[-2000:]}")
         return float(m.group(3))
-    _launch("fm_pixel.cli", ["train", "--dataset", "mnist", "--conditional", "--steps", str(steps), "--sample-every",
-                             str(10 * steps), "--quiet", "--device", "cpu", "--threads", str(threads), "--out", str(out)],
-            procs, threads)
+    _launch(
+        "fm_pixel.cli",
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--conditional",
+            "--steps",
+            str(steps),
+            "--sample-every",
+            str(10 * steps),
+            "--quiet",
+            "--device",
+            "cpu",
+            "--threads",
+            str(threads),
+            "--out",
+            str(out),
+        ],
+        procs,
+        threads,
+    )
     rec = json.loads((out / "metrics.json").read_text())["train"]
     assert rec.get("processes", 1) == procs, rec
     return rec["steps_this_call"] / rec["seconds"]
@@ -89,6 +122,7 @@ def flops_and_ops(name: str) -> dict:
     """Training FLOPs per image and operators per step of one default network (CPU, float32)."""
     from fm_pixel.config import make_config
     from fm_pixel.training import build_model, make_loss_fn
+    from fm_train import StepContext
 
     torch.manual_seed(0)
     if name == "latent DiT":
@@ -97,28 +131,37 @@ def flops_and_ops(name: str) -> dict:
 
         model = build_net("dit", num_classes=10, **dit_defaults([8, 4, 4]))
         cfg = make_config("mnist", conditional=True)
-        x = torch.randn(cfg.batch_size * 2, 8, 4, 4)  # the latent recipe's batch is 128
+        x = torch.randn(cfg.train.batch_size * 2, 8, 4, 4)  # the latent recipe's batch is 128
     else:
         cfg = make_config("mnist", conditional=True, net="dit" if "DiT" in name else "unet")
         model = build_model(cfg)
-        x = torch.randn(cfg.batch_size, 1, cfg.model_size, cfg.model_size)
+        x = torch.randn(cfg.train.batch_size, 1, cfg.model_size, cfg.model_size)
     y = torch.randint(0, 10, (x.shape[0],))
     loss_fn = make_loss_fn(cfg)
     g = torch.Generator().manual_seed(0)
+    ctx = StepContext(generator=g)
     with FlopCounterMode(display=False) as counter:
-        loss_fn(model, (x, y), g).backward()
+        loss_fn(model, (x, y), ctx).backward()
     flops = counter.get_total_flops() / x.shape[0]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         opt.zero_grad(set_to_none=True)
-        loss_fn(model, (x, y), g).backward()
+        loss_fn(model, (x, y), ctx).backward()
         opt.step()
     # outermost aten operators (forward, backward under autograd's nodes, optimizer): each is at
     # least one kernel on a GPU
-    ops = sum(1 for e in prof.events()
-              if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
-    return {"net": name, "params": sum(p.numel() for p in model.parameters()), "batch": x.shape[0],
-            "gflop_per_image": flops / 1e9, "ops_per_step": ops}
+    ops = sum(
+        1
+        for e in prof.events()
+        if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+    )
+    return {
+        "net": name,
+        "params": sum(p.numel() for p in model.parameters()),
+        "batch": x.shape[0],
+        "gflop_per_image": flops / 1e9,
+        "ops_per_step": ops,
+    }
 
 
 def table(speed: dict, paper: list[dict], steps: int, load_before) -> str:
@@ -147,14 +190,18 @@ def table(speed: dict, paper: list[dict], steps: int, load_before) -> str:
     for r in paper:
         lo, hi = (H100_PEAK * m / (r["gflop_per_image"] * 1e9) for m in H100_MFU)
         cap = r["batch"] / (r["ops_per_step"] * LAUNCH_S)
-        lines.append(f"| {r['net']} ({r['params']:,}) | {r['batch']} | {r['gflop_per_image']:.3f} | {lo:,.0f} - {hi:,.0f} | "
-                     f"{r['ops_per_step']} | {cap:,.0f} images/s |")
+        lines.append(
+            f"| {r['net']} ({r['params']:,}) | {r['batch']} | {r['gflop_per_image']:.3f} | {lo:,.0f} - {hi:,.0f} | "
+            f"{r['ops_per_step']} | {cap:,.0f} images/s |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=None, help="steps per measurement (default 300 for fm-toy2d, 60 for fm-pixel)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="steps per measurement (default 300 for fm-toy2d, 60 for fm-pixel)"
+    )
     p.add_argument("--no-write", action="store_true", help="do not touch benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     load_before = pixel_recipes.load()
@@ -169,7 +216,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     paper = [flops_and_ops(n) for n in ("pixel U-Net", "pixel DiT", "latent DiT")]
     text = table(speed, paper, args.steps or 0, load_before)
-    text = text.replace(f"for {args.steps or 0} steps", f"for {args.steps} steps" if args.steps else "for 300 (fm-toy2d) / 60 (fm-pixel) steps")
+    text = text.replace(
+        f"for {args.steps or 0} steps",
+        f"for {args.steps} steps" if args.steps else "for 300 (fm-toy2d) / 60 (fm-pixel) steps",
+    )
     print(text)
     if not args.no_write:
         pixel_recipes.write_section(text, section=SECTION)

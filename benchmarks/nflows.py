@@ -35,6 +35,7 @@ import platform
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -89,15 +90,25 @@ class ZukoModule(torch.nn.Module):
         return self.flow().log_prob(x)
 
 
-def run_zuko(dataset: str, kw: dict, steps: int, batch: int, root: Path, x_test: torch.Tensor,
-             transforms: int = 10, hidden: int = 128) -> dict:
+def run_zuko(
+    dataset: str,
+    kw: dict,
+    steps: int,
+    batch: int,
+    root: Path,
+    x_test: torch.Tensor,
+    transforms: int = 10,
+    hidden: int = 128,
+) -> dict:
     import zuko
 
     from fm_toy2d import nf
-    from fm_toy2d.training import build_distribution, train_config
-    from fm_train import Trainer
+    from fm_toy2d.training import build_distribution
+    from fm_train import StepContext, Trainer
 
-    cfg = nf.make_nf_config(dataset, steps=steps, batch_size=batch, seed=0, device="cpu", **kw)  # the same loop settings
+    cfg = nf.make_nf_config(
+        dataset, steps=steps, batch_size=batch, seed=0, device="cpu", **kw
+    )  # the same loop settings
     dist = build_distribution(cfg)
     torch.manual_seed(cfg.seed)
     model = ZukoModule(zuko.flows.RealNVP(2, transforms=transforms, hidden_features=(hidden,) * 3))
@@ -105,11 +116,17 @@ def run_zuko(dataset: str, kw: dict, steps: int, batch: int, root: Path, x_test:
     def batch_fn(step: int, gen: torch.Generator):
         return dist.sample(cfg.batch_size, generator=gen)  # the same stream as fm_toy2d.nf.train
 
-    def loss_fn(m: ZukoModule, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def loss_fn(m: ZukoModule, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         return -m.log_prob(x).mean()
 
-    trainer = Trainer(model, loss_fn, batch_fn, train_config(cfg, progress=False), root / f"{dataset}-zuko",
-                      extra_config={"model": f"zuko.flows.RealNVP(2, transforms={transforms}, hidden_features=({hidden},) * 3)"})
+    trainer = Trainer(
+        model,
+        loss_fn,
+        batch_fn,
+        cfg.train_config(progress=False),
+        root / f"{dataset}-zuko",
+        extra_config={"model": f"zuko.flows.RealNVP(2, transforms={transforms}, hidden_features=({hidden},) * 3)"},
+    )
     res = trainer.train()
     ema = trainer.ema.module.double().eval()
     with torch.no_grad():
@@ -132,15 +149,27 @@ def run_fm(dataset: str, kw: dict, steps: int, batch: int, root: Path, n_test: i
     from fm_toy2d.evaluation import likelihood
     from fm_toy2d.training import load_run, train
 
-    cfg = make_config(dataset, "default", steps=steps, batch_size=batch, seed=0, device="cpu", net={"hidden": hidden}, **kw)
+    cfg = make_config(
+        dataset, "default", steps=steps, batch_size=batch, seed=0, device="cpu", net={"hidden": hidden}, **kw
+    )
     res = train(cfg, root / f"{dataset}-fm", progress=False)
     run = load_run(root / f"{dataset}-fm", device="cpu")
     t0 = time.perf_counter()
     lik = likelihood(run, n_test)  # the same held-out points (heldout_data with seed 0)
-    recipe = (f"{cfg.coupling} coupling, {getattr(cfg, 'target', 'conditional')} target, {cfg.time} t, lr {cfg.lr:g}, "
-              f"EMA {cfg.ema_decay:g}")
-    return {"model": "flow matching (ODE)", "params": n_params(run.model), "seconds": res.seconds, "nll": lik["mean"],
-            "se": lik["stderr"], "nfe": lik["nfe"], "eval_s": time.perf_counter() - t0, "recipe": recipe}
+    recipe = (
+        f"{cfg.coupling} coupling, {getattr(cfg, 'target', 'conditional')} target, {cfg.time} t, lr {cfg.lr:g}, "
+        f"EMA {cfg.ema_decay:g}"
+    )
+    return {
+        "model": "flow matching (ODE)",
+        "params": n_params(run.model),
+        "seconds": res.seconds,
+        "nll": lik["mean"],
+        "se": lik["stderr"],
+        "nfe": lik["nfe"],
+        "eval_s": time.perf_counter() - t0,
+        "recipe": recipe,
+    }
 
 
 # ----------------------------------------------------------------------------- main
@@ -152,7 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=None, help="held-out points (default 2,000; quick 500)")
     p.add_argument("--datasets", nargs="+", default=[d for d, _ in DATASETS], choices=[d for d, _ in DATASETS])
     p.add_argument("--no-fm", dest="fm", action="store_false", help="skip the flow-matching model")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: on a shared 2-core machine two threads oversubscribe it)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a shared 2-core machine two threads oversubscribe it)",
+    )
     p.add_argument("--no-write", action="store_true", help="print only, do not touch RESULTS.md")
     args = p.parse_args(argv)
     steps = args.steps or (150 if args.quick else 1000)
@@ -160,10 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     n_test = args.n_test or (500 if args.quick else 2000)
     torch.set_num_threads(args.threads)
 
-    from fm_toy2d.evaluation import _entropy, heldout_data
+    from fm_toy2d.evaluation import heldout_data, true_entropy
     from fm_toy2d.nf import NF_DEFAULTS as d
-    from fm_toy2d.nf import NF_NET
-    from fm_toy2d.nf import build_nf, make_nf_config
+    from fm_toy2d.nf import NF_NET, build_nf, make_nf_config
     from fm_toy2d.training import build_distribution
 
     ours_params = n_params(build_nf(make_nf_config("moons")))
@@ -179,29 +212,39 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             cfg = make_nf_config(dataset, seed=0, **kw)
             dist = build_distribution(cfg)
-            entropy = _entropy(cfg, dist)
+            entropy = true_entropy(cfg, dist)
             x_test, _ = heldout_data(cfg, dist, n_test)
-            runs = [("fm-nflows", lambda: run_ours(dataset, kw, steps, batch, root, x_test)),
-                    ("zuko", lambda: run_zuko(dataset, kw, steps, batch, root, x_test))]
+            runs = [
+                ("fm-nflows", partial(run_ours, dataset, kw, steps, batch, root, x_test)),
+                ("zuko", partial(run_zuko, dataset, kw, steps, batch, root, x_test)),
+            ]
             if args.fm:
-                runs.append(("fm", lambda: run_fm(dataset, kw, steps, batch, root, n_test, hidden)))
+                runs.append(("fm", partial(run_fm, dataset, kw, steps, batch, root, n_test, hidden)))
             for name, fn in runs:
                 print(f"[{dataset}] {name}: training {steps} steps, batch {batch} ...", flush=True)
                 r = fn()
                 r.update(dataset=dataset, entropy=entropy)
-                print(f"[{dataset}] {r['model']}: NLL {r['nll']:.4f} +- {r['se']:.4f} (entropy {entropy:.4f}, "
-                      f"gap {r['nll'] - entropy:+.4f}), {r['params']:,} parameters, {r['seconds']:.0f} s", flush=True)
+                print(
+                    f"[{dataset}] {r['model']}: NLL {r['nll']:.4f} +- {r['se']:.4f} (entropy {entropy:.4f}, "
+                    f"gap {r['nll'] - entropy:+.4f}), {r['params']:,} parameters, {r['seconds']:.0f} s",
+                    flush=True,
+                )
                 rows.append(r)
     total = time.perf_counter() - t_start
     load_after = os.getloadavg()
 
     fm_recipe = next((r["recipe"] for r in rows if "recipe" in r), "not run")
     names = {"checkerboard": "checkerboard 4x4", "olympic-rings": "olympic rings", "moons": "moons"}
-    table = ["| data | entropy | model | parameters | test NLL | gap to entropy | train s |", "|---|---|---|---|---|---|---|"]
+    table = [
+        "| data | entropy | model | parameters | test NLL | gap to entropy | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         extra = f" (+{r['eval_s']:.0f} s ODE NLL, {r['nfe']} NFE)" if "nfe" in r else ""
-        table.append(f"| {names[r['dataset']]} | {r['entropy']:.3f} | {r['model']} | {r['params']:,} | "
-                     f"{r['nll']:.3f} +- {r['se']:.3f} | {r['nll'] - r['entropy']:+.3f} | {r['seconds']:.0f}{extra} |")
+        table.append(
+            f"| {names[r['dataset']]} | {r['entropy']:.3f} | {r['model']} | {r['params']:,} | "
+            f"{r['nll']:.3f} +- {r['se']:.3f} | {r['nll'] - r['entropy']:+.3f} | {r['seconds']:.0f}{extra} |"
+        )
     given = sys.argv[1:] if argv is None else argv
     cmd = "uv run --group bench python benchmarks/nflows.py" + ("" if not given else " " + " ".join(given))
     section = "\n".join([

@@ -35,11 +35,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from fm_cli import save_grid
 from fm_data.images import load_images
 from fm_pixel.config import make_config
-from fm_pixel.pictures import save_grid
-from fm_pixel.sampling import generate
-from fm_pixel.training import build_model, make_batch_fn, make_loss_fn, train, train_config
+from fm_pixel.sampling import generate, load_run
+from fm_pixel.training import build_model, make_batch_fn, make_loss_fn, train
+from fm_train import StepContext
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "RESULTS.md"
@@ -79,8 +80,8 @@ def train_flops_per_image(cfg, data) -> float:
     g = torch.Generator().manual_seed(0)
     loss_fn = make_loss_fn(cfg)
     with FlopCounterMode(display=False) as counter:
-        loss_fn(model, batch_fn(1, g), g).backward()
-    return counter.get_total_flops() / cfg.batch_size
+        loss_fn(model, batch_fn(1, g), StepContext(generator=g)).backward()
+    return counter.get_total_flops() / cfg.train.batch_size
 
 
 def run_recipe(name: str, args, data, peak: float) -> dict:
@@ -89,13 +90,13 @@ def run_recipe(name: str, args, data, peak: float) -> dict:
     if (run_dir / "checkpoint").exists():
         raise SystemExit(f"{run_dir} already holds a run; remove it or choose another --out")
     flops = train_flops_per_image(cfg, data)
-    tcfg = train_config(cfg, minutes=args.minutes, device=args.device, progress=not args.quiet, sample_every=None)
+    cfg = cfg.replace(train=cfg.train.replace(minutes=args.minutes, device=args.device, progress=not args.quiet))
     load_start = load()
-    summary = train(cfg, run_dir, tcfg, data=data)
-    model, _ = __import__("fm_pixel.training", fromlist=["load_run"]).load_run(run_dir, device=args.device)
+    summary = train(cfg, run_dir, data=data)
+    model, _ = load_run(run_dir, device=args.device)
     row = {
         "recipe": name, "note": RECIPE_NOTES[name], "net": cfg.net, "net_config": cfg.net_config,
-        "params": summary.num_params, "batch_size": cfg.batch_size, "steps": summary.result.steps,
+        "params": summary.num_params, "batch_size": cfg.train.batch_size, "steps": summary.result.steps,
         "train_seconds": round(summary.result.seconds, 1), "images_per_s": round(summary.images_per_s, 1),
         "train_gflop_per_image": round(flops / 1e9, 4),
         "peak_fraction": round(summary.images_per_s * flops / 1e9 / peak, 4),
@@ -107,12 +108,21 @@ def run_recipe(name: str, args, data, peak: float) -> dict:
 
     for nfe in args.nfe:
         res = generate(model, cfg, args.n, nfe=nfe, seed=0, device=args.device)
-        f = fid(res.images, cfg.dataset, "test")
-        acc = label_accuracy(res.images, res.labels, cfg.dataset)
-        save_grid(res.images[:100], run_dir / f"samples_nfe{nfe}.png", 10)
-        row["eval"][str(nfe)] = {"fid": round(f.fid, 2), "n": f.n_samples, "n_reference": f.n_reference,
-                                 "label_accuracy": round(acc, 4), "sampling_seconds": round(res.seconds, 1), "load": load()}
-        print(f"  {name} NFE {nfe}: FID {f.fid:.2f} ({f.n_samples} vs {f.n_reference} test), label accuracy {acc:.3f}", flush=True)
+        f = fid(res.x, cfg.dataset, "test")
+        acc = label_accuracy(res.x, res.labels, cfg.dataset)
+        save_grid(res.x[:100], run_dir / f"samples_nfe{nfe}.png", 10)
+        row["eval"][str(nfe)] = {
+            "fid": round(f.fid, 2),
+            "n": f.n_samples,
+            "n_reference": f.n_reference,
+            "label_accuracy": round(acc, 4),
+            "sampling_seconds": round(res.seconds, 1),
+            "load": load(),
+        }
+        print(
+            f"  {name} NFE {nfe}: FID {f.fid:.2f} ({f.n_samples} vs {f.n_reference} test), label accuracy {acc:.3f}",
+            flush=True,
+        )
     return row
 
 
@@ -123,8 +133,15 @@ def table(rows: list[dict], meta: dict) -> str:
         head += [f"FID @NFE {k}", f"label acc @NFE {k}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["recipe"], f"{r['net']} ({r['params'] / 1e6:.2f}M)", str(r["batch_size"]), str(r["steps"]),
-                 f"{r['images_per_s']:.1f}", f"{r['train_gflop_per_image']:.3f}", f"{100 * r['peak_fraction']:.1f}%"]
+        cells = [
+            r["recipe"],
+            f"{r['net']} ({r['params'] / 1e6:.2f}M)",
+            str(r["batch_size"]),
+            str(r["steps"]),
+            f"{r['images_per_s']:.1f}",
+            f"{r['train_gflop_per_image']:.3f}",
+            f"{100 * r['peak_fraction']:.1f}%",
+        ]
         for k in nfes:
             e = r["eval"][str(k)]
             cells += [f"{e['fid']:.1f}", f"{e['label_accuracy']:.3f}"]
@@ -163,9 +180,19 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     data = load_images(args.dataset, "train")
     peak = matmul_peak()
-    meta = {"command": command, "minutes": args.minutes, "nfe": args.nfe, "n": args.n, "dataset": args.dataset,
-            "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "matmul_peak_gflops": round(peak, 1),
-            "load_start": load(), "torch": torch.__version__, "started": time.strftime("%Y-%m-%d %H:%M")}
+    meta = {
+        "command": command,
+        "minutes": args.minutes,
+        "nfe": args.nfe,
+        "n": args.n,
+        "dataset": args.dataset,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "matmul_peak_gflops": round(peak, 1),
+        "load_start": load(),
+        "torch": torch.__version__,
+        "started": time.strftime("%Y-%m-%d %H:%M"),
+    }
     print(f"fp32 matmul peak {peak:.1f} GFLOP/s on {meta['threads']} thread(s), load {meta['load_start']}", flush=True)
     rows = []
     for name in args.recipes.split(","):

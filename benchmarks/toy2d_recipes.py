@@ -31,7 +31,6 @@ import torch
 
 from fm_eval.metrics2d import checkerboard_quality
 from fm_toy2d.config import make_config
-from fm_toy2d.sampling import sample_points
 from fm_toy2d.training import load_run, train
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -44,9 +43,8 @@ def quality_table(run_dir: Path, n: int, seed: int) -> dict[tuple[str, int], dic
     run = load_run(run_dir, device="cpu")
     out = {}
     for solver in SOLVERS:
-        per = 2 if solver == "midpoint" else 1
         for nfe in NFES:
-            s = sample_points(run.velocity, n, 2, solver=solver, steps=nfe // per, seed=seed)
+            s = run.sample(n, seed=seed, solver=solver, nfe=nfe)
             out[(solver, nfe)] = checkerboard_quality(s.x, 8)
     return out
 
@@ -68,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="steps of the default recipe (default: its budget)")
     p.add_argument("--n", type=int, default=20000, help="samples per evaluation")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="keep the run directories here (default: a temporary directory)")
-    p.add_argument("--no-post-2000", dest="post2000", action="store_false", help="skip the post's recipe at 2,000 steps")
+    p.add_argument(
+        "--out", type=Path, default=None, help="keep the run directories here (default: a temporary directory)"
+    )
+    p.add_argument(
+        "--no-post-2000", dest="post2000", action="store_false", help="skip the post's recipe at 2,000 steps"
+    )
     p.add_argument("--no-write", action="store_true", help="print only, do not touch RESULTS.md")
     args = p.parse_args(argv)
 
@@ -107,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     table = [head, sep]
     for name, steps, secs, q in rows:
         for solver in SOLVERS:
-            cells = " | ".join(f"{q[(solver, k)]['in_support']:.1%} / {q[(solver, k)]['min_cell_ratio']:.2f}" for k in NFES)
+            cells = " | ".join(
+                f"{q[(solver, k)]['in_support']:.1%} / {q[(solver, k)]['min_cell_ratio']:.2f}" for k in NFES
+            )
             table.append(f"| {name} | {steps:,} | {secs:.0f} | {solver} | {cells} |")
     given = sys.argv[1:] if argv is None else argv
     cmd = ".venv/bin/python benchmarks/toy2d_recipes.py" + ("" if not given else " " + " ".join(given))

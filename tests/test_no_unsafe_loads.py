@@ -44,7 +44,11 @@ def unsafe_calls(tree: ast.AST) -> list[tuple[int, str]]:
             found.append((node.lineno, name))
         elif name in ("np.load", "numpy.load"):
             ap = _keyword(node, "allow_pickle")
-            if isinstance(ap, ast.Constant) and ap.value is True or (ap is not None and not isinstance(ap, ast.Constant)):
+            if (
+                isinstance(ap, ast.Constant)
+                and ap.value is True
+                or (ap is not None and not isinstance(ap, ast.Constant))
+            ):
                 found.append((node.lineno, "np.load with allow_pickle"))
     return found
 

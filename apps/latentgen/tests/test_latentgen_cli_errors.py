@@ -19,12 +19,18 @@ def _usage_error(argv, capsys, match: str) -> None:
 def test_usage_errors(tmp_path, capsys):
     _usage_error(["train-vae", "--dataset", "cifar"], capsys, "invalid choice: 'cifar'")
     _usage_error(["train-vae", "--kl-weight", "-1"], capsys, "must be a number >= 0, got '-1'")
-    _usage_error(["train-vae", "--channels", "8,12", "--out", str(tmp_path / "v")], capsys, "divisible by norm_num_groups=8")
+    _usage_error(
+        ["train-vae", "--channels", "8,12", "--out", str(tmp_path / "v")], capsys, "divisible by norm_num_groups=8"
+    )
     _usage_error(["train-vae", "--steps", "3", "--minutes", "1"], capsys, "not allowed with argument")
     _usage_error(["encode", "--dataset", "mnist", "--out", str(tmp_path)], capsys, "--vae")
     _usage_error(["train", "--out", str(tmp_path / "r")], capsys, "--latents is required")
     _usage_error(["train", "--latents", str(tmp_path), "--out", str(tmp_path / "r")], capsys, "no latent cache there")
-    _usage_error(["sample", "--run", str(tmp_path), "--n", "0", "--out", "x.npz"], capsys, "argument --n: must be a positive integer")
+    _usage_error(
+        ["sample", "--run", str(tmp_path), "--n", "0", "--out", "x.npz"],
+        capsys,
+        "argument --n: must be a positive integer",
+    )
     _usage_error(["sample", "--run", str(tmp_path), "--n", "2", "--out", "x.png"], capsys, "must end in .npz")
     _usage_error(["sample", "--run", str(tmp_path), "--n", "2", "--out", "x.npz"], capsys, "not an fm-latentgen run")
     _usage_error(["eval", "--run", str(tmp_path), "--nfe", "-3"], capsys, "must be a positive integer")

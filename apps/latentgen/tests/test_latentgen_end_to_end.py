@@ -14,27 +14,32 @@ import pytest
 import torch
 from PIL import Image
 
-from fm_data.images import DataError, find_dataset_dir, load_images
+from fm_data.images import load_images
 from fm_latentgen.cli import main
 
 torch.set_num_threads(1)
 
 
-def _why_no_mnist() -> str | None:
-    try:
-        find_dataset_dir("mnist", download=False)
-    except DataError:
-        return "MNIST files not found (set FM_DATA_DIR, e.g. FM_DATA_DIR=../shared/data)"
-    return None
-
-
 pytestmark = [
-    pytest.mark.skipif(_why_no_mnist() is not None, reason=_why_no_mnist() or ""),
+    pytest.mark.needs_mnist,  # apps/conftest.py
     pytest.mark.filterwarnings("ignore:FID on .* samples"),  # tiny sample counts on purpose
 ]
 
-TINY_VAE = ["--channels", "8,8,8,8", "--latent-channels", "4", "--batch-size", "8", "--fit-n", "64", "--eval-n", "40",
-            "--quiet", "--device", "cpu"]
+TINY_VAE = [
+    "--channels",
+    "8,8,8,8",
+    "--latent-channels",
+    "4",
+    "--batch-size",
+    "8",
+    "--fit-n",
+    "64",
+    "--eval-n",
+    "40",
+    "--quiet",
+    "--device",
+    "cpu",
+]
 TINY_DIT = ["--hidden", "32", "--depth", "1", "--heads", "2", "--batch-size", "8", "--quiet", "--device", "cpu"]
 
 
@@ -42,10 +47,48 @@ TINY_DIT = ["--hidden", "32", "--depth", "1", "--heads", "2", "--batch-size", "8
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("latentgen")
     assert main(["train-vae", "--dataset", "mnist", "--steps", "2", "--out", str(root / "vae"), *TINY_VAE]) == 0
-    assert main(["encode", "--vae", str(root / "vae" / "vae"), "--dataset", "mnist", "--limit", "120",
-                 "--out", str(root / "lat"), "--device", "cpu"]) == 0
-    assert main(["train", "--latents", str(root / "lat"), "--conditional", "--classes", "3,5", "--steps", "3",
-                 "--sample-every", "2", "--solver", "midpoint", "--nfe", "4", "--out", str(root / "run"), *TINY_DIT]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--vae",
+                str(root / "vae" / "vae"),
+                "--dataset",
+                "mnist",
+                "--limit",
+                "120",
+                "--out",
+                str(root / "lat"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--latents",
+                str(root / "lat"),
+                "--conditional",
+                "--classes",
+                "3,5",
+                "--steps",
+                "3",
+                "--sample-every",
+                "2",
+                "--solver",
+                "midpoint",
+                "--nfe",
+                "4",
+                "--out",
+                str(root / "run"),
+                *TINY_DIT,
+            ]
+        )
+        == 0
+    )
     return root
 
 
@@ -60,7 +103,10 @@ def test_train_vae_saves_a_diffusers_vae_with_its_scale(pipeline):
     rec = json.loads((pipeline / "vae" / "metrics.json").read_text())["vae"]
     assert rec["steps"] == 2 and rec["reconstruction"]["n"] == 40 and rec["latent_shape"] == [4, 4, 4]
     with Image.open(pipeline / "vae" / "reconstructions.png") as im:
-        assert im.format == "PNG" and im.size == (2 * (10 * 30 + 2), 2 * (8 * 30 + 2))  # 40 test images: 4 pairs of rows of 10
+        assert im.format == "PNG" and im.size == (
+            2 * (10 * 30 + 2),
+            2 * (8 * 30 + 2),
+        )  # 40 test images: 4 pairs of rows of 10
 
 
 def test_encode_writes_a_cache_of_this_vae(pipeline):
@@ -76,14 +122,24 @@ def test_encode_writes_a_cache_of_this_vae(pipeline):
     from fm_latent import LatentCacheError
 
     with pytest.raises(LatentCacheError, match="scaling_factor"):
-        load_latent_cache(pipeline / "lat" / "latents-train.safetensors", LatentVAE.from_pretrained(pipeline / "vae" / "vae"))
+        load_latent_cache(
+            pipeline / "lat" / "latents-train.safetensors", LatentVAE.from_pretrained(pipeline / "vae" / "vae")
+        )
 
 
 def test_train_writes_the_run_directory(pipeline):
     run = pipeline / "run"
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["app"] == "fm-latentgen" and cfg["latent"]["classes"] == [3, 5] and cfg["latent"]["latent_shape"] == [4, 4, 4]
-    assert cfg["net"]["name"] == "dit" and cfg["net"]["config"]["num_classes"] == 10 and cfg["net"]["config"]["patch_size"] == 1
+    assert (
+        cfg["app"] == "fm-latentgen"
+        and cfg["latent"]["classes"] == [3, 5]
+        and cfg["latent"]["latent_shape"] == [4, 4, 4]
+    )
+    assert (
+        cfg["net"]["name"] == "dit"
+        and cfg["net"]["config"]["num_classes"] == 10
+        and cfg["net"]["config"]["patch_size"] == 1
+    )
     assert (run / "vae" / "config.json").is_file() and (run / "checkpoint" / "ema.safetensors").is_file()
     for name in ("samples/step_000002.png", "samples/step_000003.png", "samples.png"):
         with Image.open(run / name) as im:
@@ -92,8 +148,26 @@ def test_train_writes_the_run_directory(pipeline):
 
 def test_sample_npz_grid_gif(pipeline, tmp_path, capsys):
     out = tmp_path / "s.npz"
-    assert main(["sample", "--run", str(pipeline / "run"), "--n", "9", "--out", str(out), "--grid", str(tmp_path / "g.png"),
-                 "--gif", str(tmp_path / "g.gif"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(pipeline / "run"),
+                "--n",
+                "9",
+                "--out",
+                str(out),
+                "--grid",
+                str(tmp_path / "g.png"),
+                "--gif",
+                str(tmp_path / "g.gif"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     z = np.load(out)
     assert set(z.files) == {"images", "labels"}
     assert z["images"].shape == (9, 28, 28) and z["images"].dtype == np.uint8
@@ -136,10 +210,28 @@ def test_resume_continues_exactly(pipeline, tmp_path, capsys):
     assert main(["train", "--latents", lat, "--steps", "4", "--out", str(tmp_path / "once"), *common]) == 0
     assert main(["train", "--latents", lat, "--steps", "2", "--out", str(tmp_path / "twice"), *common]) == 0
     capsys.readouterr()
-    assert main(["train", "--resume", "--steps", "4", "--out", str(tmp_path / "twice"), "--quiet", "--device", "cpu"]) == 0
+    assert (
+        main(["train", "--resume", "--steps", "4", "--out", str(tmp_path / "twice"), "--quiet", "--device", "cpu"]) == 0
+    )
     assert "trained 4 steps (2 now" in capsys.readouterr().out
     for name in ("model.safetensors", "ema.safetensors"):
         a = load_file(tmp_path / "once" / "checkpoint" / name)
         b = load_file(tmp_path / "twice" / "checkpoint" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert json.loads((tmp_path / "twice" / "metrics.json").read_text())["train"]["steps"] == 4
+
+
+def test_resume_with_nothing_left_to_do(pipeline, tmp_path, capsys):
+    """--resume of a latent run and of a VAE run whose budgets are used: one line each, exit 0,
+    metrics.json byte for byte as it was."""
+    import shutil
+
+    for name, command in (("run", "train"), ("vae", "train-vae")):
+        run = tmp_path / name
+        shutil.copytree(pipeline / name, run)
+        before = (run / "metrics.json").read_bytes()
+        capsys.readouterr()
+        assert main([command, "--resume", "--out", str(run), "--quiet", "--device", "cpu"]) == 0
+        out = capsys.readouterr().out.strip()
+        assert len(out.splitlines()) == 1 and "nothing left to do" in out, out
+        assert (run / "metrics.json").read_bytes() == before

@@ -49,7 +49,9 @@ def run(argv, capsys) -> tuple[int, str]:
     ],
 )
 def test_bad_arguments_exit_2_naming_the_value(argv, needle, capsys, tmp_path):
-    code, err = run(argv + (["--out", str(tmp_path / "r")] if argv[0] == "train" and "--resume" not in argv else []), capsys)
+    code, err = run(
+        argv + (["--out", str(tmp_path / "r")] if argv[0] == "train" and "--resume" not in argv else []), capsys
+    )
     assert code == 2, err
     assert needle in err, err
 
@@ -65,11 +67,30 @@ def test_data_not_found_names_the_paths_tried(tmp_path, capsys, monkeypatch):
     empty.mkdir()
     monkeypatch.setenv("FM_DATA_DIR", str(tmp_path / "also-empty"))
     monkeypatch.setenv("FM_DATA_DOWNLOAD", "0")
-    code, err = run(["train", "--dataset", "fashion-mnist", "--data-dir", str(empty), "--steps", "1", "--quiet",
-                     "--device", "cpu", "--out", str(tmp_path / "r")], capsys)
+    code, err = run(
+        [
+            "train",
+            "--dataset",
+            "fashion-mnist",
+            "--data-dir",
+            str(empty),
+            "--steps",
+            "1",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capsys,
+    )
     assert code == 1
     assert err.startswith("fm-pixel train: error:")
-    for path in (empty / "fashion-mnist", tmp_path / "also-empty" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist")):
+    for path in (
+        empty / "fashion-mnist",
+        tmp_path / "also-empty" / "fashion-mnist",
+        Path("/usr/share/datasets/fashion-mnist"),
+    ):
         assert str(path) in err, err
     assert not (tmp_path / "r" / "checkpoint").exists()
 
@@ -77,12 +98,32 @@ def test_data_not_found_names_the_paths_tried(tmp_path, capsys, monkeypatch):
 def test_corrupt_data_file_is_named(tmp_path, capsys, monkeypatch):
     d = tmp_path / "data" / "mnist"
     d.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (d / f"{name}.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03 not an image file"))
     monkeypatch.delenv("FM_DATA_DIR", raising=False)
     monkeypatch.setenv("FM_DATA_DOWNLOAD", "0")
-    code, err = run(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--steps", "1", "--quiet",
-                     "--device", "cpu", "--out", str(tmp_path / "r")], capsys)
+    code, err = run(
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--steps",
+            "1",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capsys,
+    )
     assert code == 1
     assert "train-images-idx3-ubyte.gz" in err and "MD5" in err, err
 
@@ -97,12 +138,12 @@ def test_sample_needs_a_run(tmp_path, capsys):
 def _fake_run(tmp_path: Path, **pixel) -> Path:
     """A run directory with a config.json and an (empty) checkpoint folder: enough for argument checks."""
     from fm_pixel.config import make_config
+    from fm_pixel.training import run_config
 
     run_dir = tmp_path / "run"
     (run_dir / "checkpoint").mkdir(parents=True)
     cfg = make_config("mnist", net_config={"channels": [8, 16]}, **pixel)
-    (run_dir / "config.json").write_text(json.dumps({"format": "fm-train-run", "app": "fm-pixel", "pixel": cfg.to_dict(),
-                                                     "net": {"name": "unet", "config": {}}, "train": {}}))
+    (run_dir / "config.json").write_text(json.dumps({"format": "fm-train-run", "train": {}, **run_config(cfg, {})}))
     return run_dir
 
 
@@ -113,13 +154,17 @@ def test_sample_options_checked_against_the_run(tmp_path, capsys):
     assert code == 2 and "--label 3" in err and "unconditional" in err
     code, err = run(["sample", "--run", str(uncond), "--n", "4", "--guidance", "2", "--out", out], capsys)
     assert code == 2 and "--guidance 2" in err
-    code, err = run(["sample", "--run", str(uncond), "--n", "4", "--solver", "rk4", "--nfe", "10", "--out", out], capsys)
+    code, err = run(
+        ["sample", "--run", str(uncond), "--n", "4", "--solver", "rk4", "--nfe", "10", "--out", out], capsys
+    )
     assert code == 2 and "--nfe 10" in err
 
 
 def test_sample_label_must_be_a_trained_class(tmp_path, capsys):
     cond = _fake_run(tmp_path, conditional=True, classes=[3, 5])
-    code, err = run(["sample", "--run", str(cond), "--n", "4", "--label", "4", "--out", str(tmp_path / "s.npz")], capsys)
+    code, err = run(
+        ["sample", "--run", str(cond), "--n", "4", "--label", "4", "--out", str(tmp_path / "s.npz")], capsys
+    )
     assert code == 2 and "--label 4" in err and "[3, 5]" in err
 
 
@@ -130,3 +175,22 @@ def test_out_holding_a_run_needs_resume(tmp_path, capsys):
     # --resume with a setting that differs from the stored run is refused, naming both values
     code, err = run(["train", "--out", str(run_dir), "--resume", "--lr", "0.5"], capsys)
     assert code == 2 and "--lr 0.5" in err
+
+
+def test_a_run_of_the_old_layout_is_one_clear_line(tmp_path, capsys):
+    """A run written by fm-pixel 0.1 (its optimisation inside "pixel", no "layout"): sample, eval and
+    --resume refuse it in one line naming config.json, not with a traceback."""
+    run_dir = tmp_path / "old"
+    (run_dir / "checkpoint").mkdir(parents=True)
+    old = {"dataset": "mnist", "classes": None, "conditional": False, "recipe": "default", "net": "unet",
+           "net_config": {}, "time": "logit-normal", "coupling": "independent", "label_dropout": 0.0,
+           "batch_size": 64, "lr": 0.002, "weight_decay": 0.0, "schedule": "constant", "warmup_steps": 100,
+           "grad_clip": 1.0, "ema_decay": 0.999, "seed": 0, "solver": "euler", "nfe": 10, "guidance": 1.0}  # fmt: skip
+    (run_dir / "config.json").write_text(json.dumps({"format": "fm-train-run", "app": "fm-pixel", "pixel": old,
+                                                     "net": {"name": "unet", "config": {}}, "train": {}}))  # fmt: skip
+    for argv in (["sample", "--run", str(run_dir), "--n", "4", "--out", str(tmp_path / "s.npz")],
+                 ["eval", "--run", str(run_dir)], ["train", "--out", str(run_dir), "--resume"]):  # fmt: skip
+        code, err = run(argv, capsys)
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and "Traceback" not in err, err
+        assert str(run_dir / "config.json") in last and "before 0.2.0" in last and "train the run again" in last, err

@@ -47,8 +47,9 @@ def fake_run(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoint").mkdir(parents=True)
     cfg = make_config("mnist", conditional=True, net_config={"channels": [8, 16]})
-    (run / "config.json").write_text(json.dumps({"format": "fm-train-run", "app": "fm-pixel", "pixel": cfg.to_dict(),
-                                                 "net": {"name": "unet", "config": {}}, "train": {}}))  # fmt: skip
+    (run / "config.json").write_text(
+        json.dumps({"format": "fm-train-run", "train": {}, **training.run_config(cfg, {})})
+    )
     return run
 
 
@@ -78,7 +79,18 @@ MLP_ONLY = ("--hidden", "--depth")
 def base_args(command: str, flag: str, run) -> list[str]:
     if command == "train":
         net = ["--net", "mlp"] if flag in MLP_ONLY else []
-        return ["train", "--dataset", "mnist", "--conditional", "--device", "cpu", "--quiet", "--out", "fresh-run", *net]
+        return [
+            "train",
+            "--dataset",
+            "mnist",
+            "--conditional",
+            "--device",
+            "cpu",
+            "--quiet",
+            "--out",
+            "fresh-run",
+            *net,
+        ]
     if command == "sample":
         return ["sample", "--run", str(run), "--n", "4", "--out", "s.npz", "--device", "cpu"]
     return ["eval", "--run", str(run), "--device", "cpu"]
@@ -99,7 +111,11 @@ def test_every_value_flag_is_in_the_table():
     """A flag added later without a fuzz row fails here."""
     subs = cli.build_parser()._subparsers._group_actions[0].choices
     for command, flags in FLAGS.items():
-        valued = {a.option_strings[0] for a in subs[command]._actions if a.option_strings and a.nargs != 0 and a.option_strings[0] != "-h"}
+        valued = {
+            a.option_strings[0]
+            for a in subs[command]._actions
+            if a.option_strings and a.nargs != 0 and a.option_strings[0] != "-h"
+        }
         assert valued == set(flags), command
 
 

@@ -18,30 +18,52 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fm_data.images import DataError, find_dataset_dir
 from fm_pixel.cli import main
 
-try:
-    find_dataset_dir("mnist", download=False)
-    HAVE_DATA = True
-except DataError:
-    HAVE_DATA = False
-pytestmark = pytest.mark.skipif(not HAVE_DATA, reason="MNIST files not found (set FM_DATA_DIR, e.g. FM_DATA_DIR=../shared/data)")
+pytestmark = pytest.mark.needs_mnist  # apps/conftest.py
 
 TOL = 1e-5
-TINY = ["--dataset", "mnist", "--conditional", "--channels", "8,16", "--patch-size", "2", "--batch-size", "8",
-        "--sample-every", "1000", "--quiet", "--device", "cpu", "--seed", "3"]
+TINY = [
+    "--dataset",
+    "mnist",
+    "--conditional",
+    "--channels",
+    "8,16",
+    "--patch-size",
+    "2",
+    "--batch-size",
+    "8",
+    "--sample-every",
+    "1000",
+    "--quiet",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+]
 
 
 def _torchrun(args, nproc=2):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m", "fm_pixel.cli", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "fm_pixel.cli",
+        *args,
+    ]
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
 
 def _weights(run):
-    return {f"{n}/{k}": v for n in ("model", "ema") for k, v in load_file(run / "checkpoint" / f"{n}.safetensors").items()}
+    return {
+        f"{n}/{k}": v for n in ("model", "ema") for k, v in load_file(run / "checkpoint" / f"{n}.safetensors").items()
+    }
 
 
 def _gap(a, b):
@@ -75,7 +97,10 @@ def test_torchrun_usage_errors(monkeypatch, tmp_path, capsys):
     # what a launch needs is checked before any work: --out given, a batch that splits evenly
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
-    for argv, needle in ((["train", *TINY], "give --out"), (["train", *TINY, "--out", str(tmp_path / "r")], "multiple of 3")):
+    for argv, needle in (
+        (["train", *TINY], "give --out"),
+        (["train", *TINY, "--out", str(tmp_path / "r")], "multiple of 3"),
+    ):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and needle in capsys.readouterr().err

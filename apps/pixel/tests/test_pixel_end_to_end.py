@@ -14,17 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from fm_data.images import DataError, find_dataset_dir, load_images
+from fm_data.images import load_images
 from fm_pixel.cli import main
 
 torch.set_num_threads(1)
 
-try:
-    find_dataset_dir("mnist", download=False)
-    HAVE_DATA = True
-except DataError:
-    HAVE_DATA = False
-pytestmark = pytest.mark.skipif(not HAVE_DATA, reason="MNIST files not found (set FM_DATA_DIR, e.g. FM_DATA_DIR=../shared/data)")
+pytestmark = pytest.mark.needs_mnist  # apps/conftest.py
 
 TINY = ["--channels", "8,16", "--patch-size", "2", "--batch-size", "8", "--quiet", "--device", "cpu"]
 
@@ -32,8 +27,27 @@ TINY = ["--channels", "8,16", "--patch-size", "2", "--batch-size", "8", "--quiet
 @pytest.fixture(scope="module")
 def cond_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("pixel") / "cond"
-    code = main(["train", "--dataset", "mnist", "--classes", "3,5", "--conditional", "--steps", "3", "--sample-every", "2",
-                 "--solver", "midpoint", "--nfe", "4", "--out", str(run), *TINY])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--classes",
+            "3,5",
+            "--conditional",
+            "--steps",
+            "3",
+            "--sample-every",
+            "2",
+            "--solver",
+            "midpoint",
+            "--nfe",
+            "4",
+            "--out",
+            str(run),
+            *TINY,
+        ]
+    )
     assert code == 0
     return run
 
@@ -55,8 +69,23 @@ def test_train_writes_the_run_directory(cond_run):
 
 def test_sample_npz_grid_gif(cond_run, tmp_path, capsys):
     out = tmp_path / "s.npz"
-    code = main(["sample", "--run", str(cond_run), "--n", "9", "--out", str(out), "--grid", str(tmp_path / "g.png"),
-                 "--gif", str(tmp_path / "g.gif"), "--device", "cpu"])
+    code = main(
+        [
+            "sample",
+            "--run",
+            str(cond_run),
+            "--n",
+            "9",
+            "--out",
+            str(out),
+            "--grid",
+            str(tmp_path / "g.png"),
+            "--gif",
+            str(tmp_path / "g.gif"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     z = np.load(out)
     assert set(z.files) == {"images", "labels"}
@@ -67,8 +96,30 @@ def test_sample_npz_grid_gif(cond_run, tmp_path, capsys):
         assert im.n_frames == 4 // 2 + 1  # midpoint, NFE 4: noise + 2 steps
     assert "NFE 4" in capsys.readouterr().out
     one = tmp_path / "one.npz"
-    assert main(["sample", "--run", str(cond_run), "--n", "3", "--label", "5", "--guidance", "1", "--solver", "euler",
-                 "--nfe", "3", "--out", str(one), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--run",
+                str(cond_run),
+                "--n",
+                "3",
+                "--label",
+                "5",
+                "--guidance",
+                "1",
+                "--solver",
+                "euler",
+                "--nfe",
+                "3",
+                "--out",
+                str(one),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert np.load(one)["labels"].tolist() == [5, 5, 5]
 
 
@@ -100,13 +151,41 @@ def test_single_class_unconditional(tmp_path):
 def test_dit_net_trains_and_samples(tmp_path):
     # --net dit: --patch-size/--hidden/--depth are the DiT's patch_size/hidden_size/depth; 28x28 in 4x4 patches
     run = tmp_path / "dit"
-    code = main(["train", "--dataset", "mnist", "--conditional", "--net", "dit", "--patch-size", "4", "--hidden", "16",
-                 "--depth", "1", "--steps", "2", "--batch-size", "4", "--quiet", "--device", "cpu", "--out", str(run)])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--conditional",
+            "--net",
+            "dit",
+            "--patch-size",
+            "4",
+            "--hidden",
+            "16",
+            "--depth",
+            "1",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--out",
+            str(run),
+        ]
+    )
     assert code == 0
     net = json.loads((run / "config.json").read_text())["net"]
     assert net["name"] == "dit"
     assert {k: net["config"][k] for k in ("patch_size", "hidden_size", "depth", "in_channels", "input_size")} == {
-        "patch_size": 4, "hidden_size": 16, "depth": 1, "in_channels": 1, "input_size": 28}
+        "patch_size": 4,
+        "hidden_size": 16,
+        "depth": 1,
+        "in_channels": 1,
+        "input_size": 28,
+    }
     out = tmp_path / "s.npz"
     assert main(["sample", "--run", str(run), "--n", "3", "--label", "7", "--out", str(out), "--device", "cpu"]) == 0
     z = np.load(out)

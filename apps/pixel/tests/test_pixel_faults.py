@@ -14,21 +14,36 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fm_data.images import DataError, find_dataset_dir
 from fm_pixel.cli import main
 from fm_train import save_checkpoint
 
 torch.set_num_threads(1)
 
-try:
-    find_dataset_dir("mnist", download=False)
-    HAVE_DATA = True
-except DataError:
-    HAVE_DATA = False
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason="MNIST files not found (set FM_DATA_DIR, e.g. FM_DATA_DIR=../shared/data)")
+needs_data = pytest.mark.needs_mnist  # apps/conftest.py
 
-BASE = ["train", "--dataset", "mnist", "--classes", "3,5", "--conditional", "--channels", "8,16", "--patch-size", "2",
-        "--batch-size", "8", "--warmup-steps", "2", "--ema-decay", "0.9", "--quiet", "--device", "cpu", "--sample-every", "1000"]
+BASE = [
+    "train",
+    "--dataset",
+    "mnist",
+    "--classes",
+    "3,5",
+    "--conditional",
+    "--channels",
+    "8,16",
+    "--patch-size",
+    "2",
+    "--batch-size",
+    "8",
+    "--warmup-steps",
+    "2",
+    "--ema-decay",
+    "0.9",
+    "--quiet",
+    "--device",
+    "cpu",
+    "--sample-every",
+    "1000",
+]
 
 
 def run_cli(argv, capsys) -> tuple[int, str]:
@@ -53,8 +68,6 @@ def one_line_error(code, err, *needles, status=1):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    if not HAVE_DATA:
-        pytest.skip("MNIST files not found")
     run = tmp_path_factory.mktemp("pixel-faults") / "run"
     assert main([*BASE, "--steps", "3", "--out", str(run)]) == 0
     return run
@@ -67,7 +80,9 @@ def run(trained, tmp_path):
 
 
 def sample(run, tmp_path, capsys, *extra):
-    return run_cli(["sample", "--run", str(run), "--n", "4", "--out", str(tmp_path / "s.npz"), "--device", "cpu", *extra], capsys)
+    return run_cli(
+        ["sample", "--run", str(run), "--n", "4", "--out", str(tmp_path / "s.npz"), "--device", "cpu", *extra], capsys
+    )
 
 
 def edit_json(path, edit):
@@ -130,7 +145,7 @@ def test_checkpoint_with_missing_extra_or_misshaped_tensors(run, tmp_path, capsy
         (lambda c: c["pixel"].update(solver="midpoint", nfe=7), "nfe=7"),  # midpoint needs an even NFE
         (lambda c: c["pixel"].update(guidance=float("nan")), "guidance=nan"),
         (lambda c: c["pixel"].update(classes=[42]), "[42]"),
-        (lambda c: c["pixel"].update(batch_size=True), "batch_size=True"),
+        (lambda c: c["train"].update(batch_size=True), "batch_size=True"),  # the optimisation: fm-train's section
         (lambda c: c["pixel"].update(colour="red"), "unknown run config key(s) colour"),
         (lambda c: c.update(pixel="mnist"), "must be a JSON object"),
     ],
@@ -192,5 +207,7 @@ def test_output_under_a_file_is_refused_before_sampling(run, tmp_path, capsys, m
 
     monkeypatch.setattr(cli, "_load_model", lambda *a, **k: pytest.fail("loaded the model before checking --out"))
     (tmp_path / "file").write_text("x")
-    code, err = run_cli(["sample", "--run", str(run), "--n", "4", "--out", str(tmp_path / "file" / "s.npz"), "--device", "cpu"], capsys)
+    code, err = run_cli(
+        ["sample", "--run", str(run), "--n", "4", "--out", str(tmp_path / "file" / "s.npz"), "--device", "cpu"], capsys
+    )
     one_line_error(code, err, "--out", str(tmp_path / "file"), status=2)

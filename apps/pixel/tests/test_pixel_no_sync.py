@@ -21,7 +21,7 @@ import torch
 
 from fm_data.images import ImageData
 from fm_pixel.config import make_config
-from fm_pixel.training import build_model, make_batch_fn, make_loss_fn, train_config
+from fm_pixel.training import build_model, make_batch_fn, make_loss_fn
 from fm_train import Trainer
 
 SYNCING = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy")
@@ -34,10 +34,14 @@ def _ours(filename: str) -> bool:
 def test_no_sync_between_log_intervals(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
-    data = ImageData(images=torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=g),
-                     labels=torch.arange(64) % 10, name="mnist", split="train")
+    data = ImageData(
+        images=torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8, generator=g),
+        labels=torch.arange(64) % 10,
+        name="mnist",
+        split="train",
+    )
     cfg = make_config("mnist", conditional=True, net_config={"channels": [8, 16]}, batch_size=8)
-    tcfg = train_config(cfg, steps=12, device="cpu", progress=False, log_every=6)
+    tcfg = cfg.train.replace(steps=12, device="cpu", progress=False, log_every=6)
     torch.manual_seed(0)
     model = build_model(cfg)
     trainer = Trainer(model, make_loss_fn(cfg), make_batch_fn(data, cfg, torch.device("cpu")), tcfg, tmp_path / "run")
@@ -53,8 +57,9 @@ def test_no_sync_between_log_intervals(tmp_path, monkeypatch):
             caller = sys._getframe(1)
             if state["step"] is not None and _ours(caller.f_code.co_filename):
                 where = f"{caller.f_code.co_filename.rsplit('/', 1)[-1]}:{caller.f_lineno} ({caller.f_code.co_name})"
-                host_only = caller.f_code.co_name == "device_check" or (name == "__bool__" and where.startswith("embeddings.py")
-                                                                          and caller.f_code.co_name == "forward")
+                host_only = caller.f_code.co_name == "device_check" or (
+                    name == "__bool__" and where.startswith("embeddings.py") and caller.f_code.co_name == "forward"
+                )
                 (input_checks if host_only else calls)[(state["step"], name, where)] += 1
             return original(self, *a, **k)
 

@@ -10,20 +10,35 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fm_data.images import DataError, find_dataset_dir
 from fm_pixel.cli import main
 
 torch.set_num_threads(1)
 
-try:
-    find_dataset_dir("mnist", download=False)
-    HAVE_DATA = True
-except DataError:
-    HAVE_DATA = False
-pytestmark = pytest.mark.skipif(not HAVE_DATA, reason="MNIST files not found (set FM_DATA_DIR, e.g. FM_DATA_DIR=../shared/data)")
+pytestmark = pytest.mark.needs_mnist  # apps/conftest.py
 
-BASE = ["train", "--dataset", "mnist", "--classes", "3,5", "--conditional", "--channels", "8,16", "--patch-size", "2",
-        "--batch-size", "8", "--warmup-steps", "2", "--ema-decay", "0.9", "--quiet", "--device", "cpu", "--sample-every", "1000"]
+BASE = [
+    "train",
+    "--dataset",
+    "mnist",
+    "--classes",
+    "3,5",
+    "--conditional",
+    "--channels",
+    "8,16",
+    "--patch-size",
+    "2",
+    "--batch-size",
+    "8",
+    "--warmup-steps",
+    "2",
+    "--ema-decay",
+    "0.9",
+    "--quiet",
+    "--device",
+    "cpu",
+    "--sample-every",
+    "1000",
+]
 
 
 def _tensors(run, name):
@@ -46,6 +61,21 @@ def test_resume_continues_exactly(tmp_path):
     with open(split / "loss.csv") as f:
         steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert steps[-1] == 6 and steps == sorted(steps)
+
+
+def test_resume_with_nothing_left_to_do(tmp_path, capsys):
+    """--resume of a run whose budget is used: one line, exit 0, metrics.json and the checkpoint untouched."""
+    run = tmp_path / "done"
+    assert main([*BASE, "--steps", "2", "--out", str(run)]) == 0
+    metrics = (run / "metrics.json").read_bytes()
+    weights = (run / "checkpoint" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    for budget in (["--steps", "2"], ["--steps", "1"], []):  # the same budget, a smaller one, the stored one
+        assert main(["train", "--out", str(run), "--resume", *budget, "--quiet", "--device", "cpu"]) == 0
+        out = capsys.readouterr().out.strip()
+        assert len(out.splitlines()) == 1 and "nothing left to do" in out and "trained 2 of" in out, out
+        assert (run / "metrics.json").read_bytes() == metrics
+        assert (run / "checkpoint" / "model.safetensors").read_bytes() == weights
 
 
 def test_diverging_run_stops_with_the_step(tmp_path, capsys):

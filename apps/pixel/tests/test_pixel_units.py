@@ -12,26 +12,17 @@ import torch
 from PIL import Image
 from torch import nn
 
+from fm_cli.pictures import grid_array, save_gif, save_grid
+from fm_core import balanced_labels
 from fm_data.images import to_uint8
-from fm_pixel.config import NET_DEFAULTS, RECIPES, PixelConfig, make_config, parse_classes
-from fm_pixel.pictures import grid_array, save_gif, save_grid
-from fm_pixel.sampling import balanced_labels, generate
+from fm_pixel.config import NET_DEFAULTS, RECIPES, PixelConfig, make_config
+from fm_pixel.sampling import generate
 from fm_pixel.training import build_model
 
 torch.set_num_threads(1)
 
 
 # ----------------------------------------------------------------------------- config
-def test_parse_classes():
-    assert parse_classes("3") == [3]
-    assert parse_classes("5,3,5") == [3, 5]
-    assert parse_classes([9, 0]) == [0, 9]
-    assert parse_classes(None) is None
-    for bad in ("10", "-1", "a", "3,", "", "3;5"):
-        with pytest.raises(ValueError, match=repr(bad).strip("'") if bad else "classes"):
-            parse_classes(bad)
-
-
 def test_recipes_and_padding():
     d = make_config("fashion-mnist", conditional=True)
     assert d.net == "unet" and d.net_config == NET_DEFAULTS["unet"] and d.guidance == RECIPES["default"]["guidance"]
@@ -40,8 +31,15 @@ def test_recipes_and_padding():
     assert d.pad == (28 % f != 0) and d.model_size == (32 if 28 % f else 28)
     mit = make_config("mnist", "mit", conditional=True)
     assert mit.net_config["channels"] == [32, 64, 128] and mit.net_config["num_res_blocks"] == 2
-    assert (mit.batch_size, mit.lr, mit.time, mit.coupling, mit.label_dropout, mit.solver, mit.guidance) == (
-        250, 1e-3, "uniform", "independent", 0.1, "euler", 3.0)
+    assert (
+        mit.train.batch_size,
+        mit.train.lr,
+        mit.time,
+        mit.coupling,
+        mit.label_dropout,
+        mit.solver,
+        mit.guidance,
+    ) == (250, 1e-3, "uniform", "independent", 0.1, "euler", 3.0)
     assert not mit.pad  # 28 -> 14 -> 7
     post = make_config("mnist", "post")
     assert post.net == "mlp" and post.net_config["hidden"] == 512 and post.net_config["depth"] == 5
@@ -72,8 +70,11 @@ def test_config_validation_names_the_value():
 
 
 def test_build_model_shapes():
-    for net, extra in (("unet", {"channels": [8, 16]}), ("mlp", {"hidden": 16, "depth": 1}),
-                       ("dit", {"hidden_size": 16, "depth": 1, "num_heads": 2})):
+    for net, extra in (
+        ("unet", {"channels": [8, 16]}),
+        ("mlp", {"hidden": 16, "depth": 1}),
+        ("dit", {"hidden_size": 16, "depth": 1, "num_heads": 2}),
+    ):
         cfg = make_config("mnist", net=net, conditional=True, net_config=extra)
         m = build_model(cfg)
         s = cfg.model_size
@@ -119,26 +120,27 @@ def test_generate_constant_velocity_matches_closed_form():
     x0 = torch.randn(n, 1, cfg.model_size, cfg.model_size, generator=torch.Generator().manual_seed(5))
     expected = to_uint8(x0 + 0.25)
     res = generate(ConstVelocity(0.25), cfg, n, seed=5, batch_size=3)
-    assert res.images.dtype == torch.uint8 and res.images.shape == (n, 28, 28)
+    assert res.x.dtype == torch.uint8 and res.x.shape == (n, 28, 28)
     assert res.labels is None and res.nfe == 6
-    diff = (res.images.int() - expected.int()).abs()
+    diff = (res.x.int() - expected.int()).abs()
     assert int(diff.max()) <= 1  # float rounding at the .5 boundaries only
     # the images do not depend on the batch size
     again = generate(ConstVelocity(0.25), cfg, n, seed=5, batch_size=n)
-    assert torch.equal(again.images, res.images)
+    assert torch.equal(again.x, res.x)
 
 
 def test_generate_guidance_and_labels():
     # v_cond = c (y + 1), v_null = c * 11; guided v = v_null + w (v_cond - v_null)
-    cfg = make_config("mnist", conditional=True, net_config={"channels": [8, 16]}, classes=[3, 5],
-                      solver="euler", nfe=4, guidance=2.0)
+    cfg = make_config(
+        "mnist", conditional=True, net_config={"channels": [8, 16]}, classes=[3, 5], solver="euler", nfe=4, guidance=2.0
+    )
     n, c, w = 6, 0.01, 2.0
     res = generate(ConstVelocity(c), cfg, n, seed=1)
     assert res.labels.tolist() == [3, 5, 3, 5, 3, 5]
     x0 = torch.randn(n, 1, cfg.model_size, cfg.model_size, generator=torch.Generator().manual_seed(1))
     v = c * 11 + w * (c * (res.labels.float() + 1) - c * 11)
     expected = to_uint8(x0 + v.view(-1, 1, 1, 1))
-    assert int((res.images.int() - expected.int()).abs().max()) <= 1
+    assert int((res.x.int() - expected.int()).abs().max()) <= 1
     one = generate(ConstVelocity(c), cfg, 4, label=5, seed=0)
     assert one.labels.tolist() == [5] * 4
     with pytest.raises(ValueError, match="label=4"):
@@ -149,11 +151,11 @@ def test_generate_guidance_and_labels():
 
 def test_generate_trajectory_starts_at_noise():
     cfg = make_config("mnist", net_config={"channels": [8, 16]}, solver="euler", nfe=4)
-    res = generate(ConstVelocity(0.5), cfg, 5, seed=2, trajectory_for=3)
+    res = generate(ConstVelocity(0.5), cfg, 5, seed=2, trajectory=3)
     assert res.trajectory.shape == (5, 3, 28, 28) and res.trajectory.dtype == torch.uint8
     x0 = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(2))[:3]
     assert torch.equal(res.trajectory[0], to_uint8(x0))
-    assert torch.equal(res.trajectory[-1], res.images[:3])
+    assert torch.equal(res.trajectory[-1], res.x[:3])
 
 
 def test_balanced_labels():

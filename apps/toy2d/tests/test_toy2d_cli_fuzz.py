@@ -53,19 +53,19 @@ INT_NONNEG = {"0"}
 FLOAT_UNBOUNDED = set(HUGE)  # a huge learning rate or time budget is legal (and diverges / runs long)
 PATH = set(BAD_VALUES) - {""}  # any non-empty name is a path
 FLAGS = {
-    "demo": {"--steps": {HUGE_INT}, "--out": PATH, "--device": set()},
+    "demo": {"--steps": {HUGE_INT}, "--out": PATH, "--device": set(), "--threads": set()},
     "train": {
-        "--dataset": set(), "--grid": INT_POS, "--dim": INT_POS, "--model": set(), "--recipe": set(),
+        "--dataset": set(), "--cells": INT_POS, "--grid": INT_POS, "--dim": INT_POS, "--model": set(), "--recipe": set(),
         "--coupling": set(), "--time": set(), "--target": set(), "--steps": {HUGE_INT}, "--minutes": FLOAT_UNBOUNDED | {"2.5"},
         "--batch-size": set(), "--lr": FLOAT_UNBOUNDED | {"2.5"}, "--seed": INT_NONNEG, "--out": PATH,
-        "--device": set(), "--hidden": INT_POS, "--depth": INT_NONNEG,
+        "--device": set(), "--threads": set(), "--hidden": INT_POS, "--depth": INT_NONNEG,
     },
     "sample": {
-        "--run": set(), "--n": INT_POS, "--solver": set(), "--nfe": INT_POS, "--label": INT_NONNEG,
-        "--seed": INT_NONNEG, "--out": set(), "--device": set(),
+        "--run": set(), "--n": INT_POS, "--solver": set(), "--nfe": INT_POS, "--guidance": set(), "--label": INT_NONNEG,
+        "--seed": INT_NONNEG, "--out": set(), "--grid": set(), "--gif": set(), "--device": set(), "--threads": set(),
     },
     "eval": {"--run": set(), "--n": INT_POS, "--solver": set(), "--nfe": INT_POS, "--seed": INT_NONNEG,
-             "--n-nll": INT_POS, "--device": set()},
+             "--n-nll": INT_POS, "--device": set(), "--threads": set()},
 }  # fmt: skip
 
 
@@ -95,7 +95,11 @@ def test_every_value_flag_is_in_the_table():
     parser = cli.build_parser()
     subs = parser._subparsers._group_actions[0].choices
     for command, flags in FLAGS.items():
-        valued = {a.option_strings[0] for a in subs[command]._actions if a.option_strings and a.nargs != 0 and a.option_strings[0] != "-h"}
+        valued = {
+            a.option_strings[0]
+            for a in subs[command]._actions
+            if a.option_strings and a.nargs != 0 and a.option_strings[0] != "-h"
+        }
         assert valued == set(flags), command
 
 

@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from fm_toy2d.cli import main
@@ -20,11 +19,21 @@ from fm_toy2d.cli import main
 ARGS = ["train", "--steps", "10", "--batch-size", "64", "--no-pictures", "--quiet", "--device", "cpu", "--seed", "3"]
 
 
-def test_torchrun_matches_one_process(tmp_path):
-    torch.set_num_threads(1)
+def test_torchrun_matches_one_process(tmp_path, one_thread):
     two, one = tmp_path / "two", tmp_path / "one"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "fm_toy2d.cli",
-           *ARGS, "--out", str(two)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "fm_toy2d.cli",
+        *ARGS,
+        "--out",
+        str(two),
+    ]
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes (DDP), 32 of the batch of 64 each" in proc.stdout

@@ -18,14 +18,27 @@ from safetensors.torch import load_file, save_file
 import fm_train.checkpoint as ck
 from fm_toy2d.cli import main
 
-torch.set_num_threads(1)
-TINY = ["--steps", "12", "--hidden", "8", "--depth", "1", "--batch-size", "64", "--quiet", "--device", "cpu", "--no-pictures"]
+pytestmark = pytest.mark.usefixtures("one_thread")
+TINY = [
+    "--steps",
+    "12",
+    "--hidden",
+    "8",
+    "--depth",
+    "1",
+    "--batch-size",
+    "64",
+    "--quiet",
+    "--device",
+    "cpu",
+    "--no-pictures",
+]
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy2d-faults")
-    assert main(["train", "--dataset", "checkerboard", "--grid", "4", "--out", str(root / "board"), *TINY]) == 0
+    assert main(["train", "--dataset", "checkerboard", "--cells", "4", "--out", str(root / "board"), *TINY]) == 0
     assert main(["train", "--dataset", "moons", "--out", str(root / "moons"), *TINY]) == 0
     return root
 
@@ -47,7 +60,9 @@ def run_cli(argv, capsys) -> tuple[int, str]:
 
 
 def sample(run, tmp_path, capsys) -> tuple[int, str]:
-    return run_cli(["sample", "--run", str(run), "--n", "16", "--out", str(tmp_path / "s.npz"), "--device", "cpu"], capsys)
+    return run_cli(
+        ["sample", "--run", str(run), "--n", "16", "--out", str(tmp_path / "s.npz"), "--device", "cpu"], capsys
+    )
 
 
 def one_line_error(code: int, err: str, *needles: str, status: int = 1) -> None:
@@ -109,7 +124,7 @@ def test_missing_checkpoint_file(board, tmp_path, capsys):
         (lambda c: c["toy2d"].update(input_scale=float("nan")), "input_scale=nan"),
         (lambda c: c["toy2d"].update(colour="red"), "unknown run config key(s) colour"),
         (lambda c: c.update(toy2d=[1, 2]), "must be a JSON object"),
-        (lambda c: c.update(app="fm-pixel"), "not written by fm-toy2d"),
+        (lambda c: c.update(app="fm-pixel"), "not an fm-toy2d run"),
     ],
 )
 def test_run_config_with_wrong_types_or_values(board, tmp_path, capsys, edit, needle):
@@ -142,9 +157,11 @@ def test_checkpoint_from_another_run(board, runs, tmp_path, capsys):
 def test_sample_of_a_pixel_run(tmp_path, capsys):
     run = tmp_path / "pixel-run"
     (run / "checkpoint").mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"format": "fm-train-run", "app": "fm-pixel", "pixel": {}, "train": {}}))
+    (run / "config.json").write_text(
+        json.dumps({"format": "fm-train-run", "app": "fm-pixel", "pixel": {}, "train": {}})
+    )
     code, err = sample(run, tmp_path, capsys)
-    one_line_error(code, err, str(run / "config.json"), "not written by fm-toy2d", status=2)
+    one_line_error(code, err, str(run / "config.json"), "not an fm-toy2d run", status=2)
 
 
 def test_full_disk_while_training_is_one_line(tmp_path, capsys, monkeypatch):
@@ -160,7 +177,10 @@ def test_full_disk_while_training_is_one_line(tmp_path, capsys, monkeypatch):
 
 def test_output_under_a_file_is_one_line(board, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    code, err = run_cli(["sample", "--run", str(board), "--n", "4", "--out", str(tmp_path / "file" / "s.npz"), "--device", "cpu"], capsys)
+    code, err = run_cli(
+        ["sample", "--run", str(board), "--n", "4", "--out", str(tmp_path / "file" / "s.npz"), "--device", "cpu"],
+        capsys,
+    )
     assert code in (1, 2) and len(err.splitlines()) <= 3 and str(tmp_path / "file") in err, err
     code, err = run_cli(["train", "--out", str(tmp_path / "file" / "run"), *TINY], capsys)
     one_line_error(code, err, str(tmp_path / "file"))

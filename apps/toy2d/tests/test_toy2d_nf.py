@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -26,21 +25,12 @@ TINY = ["--steps", "20", "--hidden", "16", "--depth", "2", "--batch-size", "128"
 
 
 @pytest.fixture(scope="module")
-def fast_env():
-    old = os.environ.get("FM_TOY2D_FAST")
-    os.environ["FM_TOY2D_FAST"] = "1"
-    yield
-    if old is None:
-        os.environ.pop("FM_TOY2D_FAST", None)
-    else:
-        os.environ["FM_TOY2D_FAST"] = old
-
-
-@pytest.fixture(scope="module")
 def rings_nf(tmp_path_factory, fast_env):
     """A tiny conditional Olympic-rings flow, with pictures."""
     run = tmp_path_factory.mktemp("toy2d_nf") / "rings"
-    assert main(["train", "--model", "nf", "--dataset", "olympic-rings", "--conditional", "--out", str(run), *TINY]) == 0
+    assert (
+        main(["train", "--model", "nf", "--dataset", "olympic-rings", "--conditional", "--out", str(run), *TINY]) == 0
+    )
     return run
 
 
@@ -48,7 +38,24 @@ def rings_nf(tmp_path_factory, fast_env):
 def board_nf(tmp_path_factory, fast_env):
     """A tiny unconditional 4x4 checkerboard flow, without pictures."""
     run = tmp_path_factory.mktemp("toy2d_nf") / "board"
-    assert main(["train", "--model", "nf", "--dataset", "checkerboard", "--grid", "4", "--no-pictures", "--out", str(run), *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "nf",
+                "--dataset",
+                "checkerboard",
+                "--cells",
+                "4",
+                "--no-pictures",
+                "--out",
+                str(run),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -61,13 +68,19 @@ def test_train_writes_an_nf_run_directory(rings_nf):
     assert toy.lr == nf.NF_DEFAULTS["lr"] and toy.warmup_steps == nf.NF_DEFAULTS["warmup_steps"]  # nf defaults
     assert toy.net["hidden"] == 16 and toy.net["n_layers"] == 2  # --hidden / --depth
     assert cfg["net"]["name"] == "fm-nflows/flow" and cfg["net"]["config"]["num_classes"] == 5
-    for name in ("checkpoint/model.safetensors", "checkpoint/ema.safetensors", "loss.csv", "nll_terms.csv",
-                 "flow/config.json", "flow/model.safetensors"):
+    for name in (
+        "checkpoint/model.safetensors",
+        "checkpoint/ema.safetensors",
+        "loss.csv",
+        "nll_terms.csv",
+        "flow/config.json",
+        "flow/model.safetensors",
+    ):
         assert (rings_nf / name).exists(), name
     terms = nf.nll_terms_history(rings_nf)
     assert terms["step"][-1] == 20
-    for nll, b, l in zip(terms["nll"], terms["base_log_prob"], terms["logdet"]):
-        assert nll == pytest.approx(-(b + l), abs=1e-12)
+    for nll, base, logdet in zip(terms["nll"], terms["base_log_prob"], terms["logdet"]):
+        assert nll == pytest.approx(-(base + logdet), abs=1e-12)
 
 
 def test_pictures_are_written(rings_nf):
@@ -110,7 +123,10 @@ def test_sample_label_errors(rings_nf, board_nf, capsys, tmp_path):
     for argv, needles in [
         (["sample", "--run", str(board_nf), "--n", "5", "--label", "1", "--out", out], ("--label 1", "unconditional")),
         (["sample", "--run", str(rings_nf), "--n", "5", "--label", "5", "--out", out], ("--label 5", "0..4")),
-        (["sample", "--run", str(rings_nf), "--n", "5", "--solver", "rk4", "--out", out], ("--solver", "normalizing-flow")),
+        (
+            ["sample", "--run", str(rings_nf), "--n", "5", "--solver", "rk4", "--out", out],
+            ("--solver", "normalizing-flow"),
+        ),
         (["eval", "--run", str(rings_nf), "--nfe", "8"], ("--nfe", "normalizing-flow")),
     ]:
         with pytest.raises(SystemExit) as exc:

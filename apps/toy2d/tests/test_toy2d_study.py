@@ -1,5 +1,7 @@
-"""Tests of the scaling study (fm_toy2d.study): steps-to-target extraction, censoring, the power-law
-fits (against closed forms), the CLI's usage errors and a tiny end-to-end study (seconds)."""
+"""Tests of the scaling study (fm_toy2d.study): outcomes and censoring, the screen and futility rules,
+the CLI's usage errors and a tiny end-to-end study (seconds). The statistics (steps to target,
+censored medians, power-law fits) are fm_eval.stats, tested in packages/fm-eval/tests/test_eval_stats.py;
+the process pool and the CSV logs are fm_train.sweep (packages/fm-train/tests/test_train_sweep.py)."""
 
 from __future__ import annotations
 
@@ -16,45 +18,25 @@ from fm_toy2d.study import (
     RUN_COLUMNS,
     StudyConfig,
     analyse,
-    fit_power_law,
-    fit_two_factors,
     hopeless,
-    median_steps,
     n_filled,
     outcomes,
     run_specs,
     screen_threshold,
-    steps_to_target,
 )
 from fm_toy2d.study_plots import FIGURES
 
 
-def _row(run_id="r", recipe="default", grid=8, dim=2, seed=0, step=0, in_support=0.0, min_cell=None, max_steps=2000, stage="full"):
+# fmt: off
+def _row(run_id="r", recipe="default", grid=8, dim=2, seed=0, step=0, in_support=0.0, min_cell=None, max_steps=2000,
+         stage="full"):
     return {"run_id": run_id, "recipe": recipe, "grid": str(grid), "dim": str(dim), "n_filled": str(n_filled(grid, dim)),
             "seed": str(seed), "batch_size": "512", "max_steps": str(max_steps), "step": str(step), "stage": stage,
             "in_support": f"{in_support:.6g}", "min_cell_ratio": "" if min_cell is None else f"{min_cell:.6g}"}
+# fmt: on
 
 
-# ----------------------------------------------------------------------------- extraction
-def test_steps_to_target_is_the_first_evaluation_meeting_both_conditions():
-    # in_support(s) = 1 - 0.5 exp(-s / 500) passes 0.95 at s = 500 ln 10 = 1151.3; the smallest cell
-    # ratio s / 2000 passes 0.8 at s = 1600. Evaluations every 250 steps: the first one meeting both
-    # is ceil(1600 / 250) * 250 = 1750.
-    rows = [_row(step=s, in_support=1 - 0.5 * math.exp(-s / 500), min_cell=s / 2000) for s in range(250, 2001, 250)]
-    rows.append(_row(step=2250, in_support=0.5, min_cell=0.1))  # a later dip does not undo the first crossing
-    assert 500 * math.log(10) < 1250 and steps_to_target(rows[::-1]) == (1750, 2250)  # order of rows is irrelevant
-    # the cell condition alone: a run with in_support always 0.99 reaches at ceil(0.8 * 2000 / 250) * 250 as well
-    assert steps_to_target([_row(step=s, in_support=0.99, min_cell=s / 2000) for s in range(250, 2001, 250)])[0] == 1750
-    # exactly at the thresholds counts as met
-    assert steps_to_target([_row(step=100, in_support=0.95, min_cell=0.8)]) == (100, 100)
-
-
-def test_screen_rows_never_meet_the_target_and_censoring_keeps_the_last_step():
-    rows = [_row(step=s, in_support=0.99, stage="screen") for s in (100, 200, 300)]  # no cell ratio measured
-    assert steps_to_target(rows) == (None, 300)
-    assert steps_to_target([]) == (None, 0)
-
-
+# ----------------------------------------------------------------------------- rules and outcomes
 def test_screen_threshold_is_three_binomial_standard_errors():
     assert screen_threshold(500) == pytest.approx(0.95 - 3 * math.sqrt(0.95 * 0.05 / 500))
     assert screen_threshold(500) == pytest.approx(0.92076, abs=1e-5)
@@ -76,8 +58,12 @@ def test_outcomes_censoring_and_statuses():
         + [_row("c", step=s, in_support=0.9, min_cell=0.9) for s in (100, 200)]  # stopped by the budget at 200
         + [_row("d", step=100, in_support=0.9, min_cell=0.9)]  # interrupted: no record in runs.csv
     )
-    runs = [{"run_id": "a", "status": "reached"}, {"run_id": "b", "status": "not-reached"},
-            {"run_id": "c", "status": "stopped"}, {"run_id": "e", "status": "skipped", "recipe": "default"}]
+    runs = [
+        {"run_id": "a", "status": "reached"},
+        {"run_id": "b", "status": "not-reached"},
+        {"run_id": "c", "status": "stopped"},
+        {"run_id": "e", "status": "skipped", "recipe": "default"},
+    ]
     res = {o.run_id: o for o in outcomes(evals, runs)}
     assert set(res) == {"a", "b", "c", "d"}  # the skipped run never trained: no outcome
     assert (res["a"].steps, res["a"].censored_at, res["a"].status) == (300, None, "reached")
@@ -87,63 +73,10 @@ def test_outcomes_censoring_and_statuses():
     assert res["a"].n_filled == 32 and res["a"].reached and not res["b"].reached
 
 
-def _outcome(steps=None, censored_at=None, seed=0):
-    from fm_toy2d.study import RunOutcome
-
-    return RunOutcome(run_id=f"r{seed}", recipe="default", grid=4, dim=2, n_filled=8, seed=seed, max_steps=3000,
-                      status="reached" if steps else "not-reached", steps=steps, censored_at=censored_at)
-
-
-def test_median_over_seeds_with_censoring():
-    o = _outcome
-    assert median_steps([o(300), o(100), o(200)]) == (200, "200")
-    assert median_steps([o(100), o(200), o(None, 3000)]) == (200, "200")  # a censored run counts as the largest
-    assert median_steps([o(100), o(None, 3000), o(None, 3000)]) == (None, ">3000")
-    assert median_steps([o(100), o(200), o(300), o(None, 3000)]) == (250, "250")
-    # stopped by the budget at 250, below a reached 300: its order is unknown, and so is the median
-    assert median_steps([o(100), o(300), o(None, 250)]) == (None, "?")
-    assert median_steps([]) == (None, "?")
-
-
-# ----------------------------------------------------------------------------- fits
-def test_power_law_fit_recovers_a_known_exponent():
-    cells = [8, 18, 32, 50, 72]
-    exact = fit_power_law(cells, [40.0 * c**1.5 for c in cells])
-    assert exact.coef[0] == pytest.approx(1.5, abs=1e-10) and math.exp(exact.intercept) == pytest.approx(40.0, rel=1e-9)
-    assert exact.low[0] == pytest.approx(1.5, abs=1e-6) and exact.high[0] == pytest.approx(1.5, abs=1e-6)
-    # three "seeds" per setting with log-noise -0.1, 0, +0.1: balanced at every x, so least squares
-    # gives exactly 1.5 again, now with an interval of positive width around it
-    x, y = [], []
-    for c in cells:
-        for e in (-0.1, 0.0, 0.1):
-            x.append(c)
-            y.append(40.0 * c**1.5 * math.exp(e))
-    noisy = fit_power_law(x, y)
-    assert noisy.coef[0] == pytest.approx(1.5, abs=1e-10) and noisy.n == 15
-    assert noisy.low[0] < 1.5 - 1e-3 and noisy.high[0] > 1.5 + 1e-3 and noisy.high[0] - noisy.low[0] < 0.5
-    assert math.exp(noisy.intercept + noisy.coef[0] * math.log(32)) == pytest.approx(40.0 * 32**1.5, rel=1e-9)
-
-
-def test_fits_need_identifiable_data():
-    assert fit_power_law([8, 8, 8], [100, 120, 140]) is None  # one setting: no slope
-    assert fit_power_law([8], [100]) is None
-    two = fit_power_law([8, 32], [100, 400])  # two points: slope exactly log 4 / log 4 = 1, no interval
-    assert two.coef[0] == pytest.approx(1.0) and two.low[0] is None
-
-
-def test_two_factor_fit_recovers_both_coefficients():
-    pts = [(g, d) for g in (2, 3, 4) for d in (2, 3, 4)]
-    cells = [n_filled(g, d) for g, d in pts]
-    dims = [d for _, d in pts]
-    fit = fit_two_factors(cells, dims, [10.0 * c**0.7 * math.exp(0.3 * d) for c, d in zip(cells, dims)])
-    assert fit.coef == pytest.approx([0.7, 0.3], abs=1e-9)
-    assert fit_two_factors([2, 4, 8], [2, 3, 4], [1.0, 2.0, 3.0]) is None  # cells = 2^(d-1): not separable
-
-
 # ----------------------------------------------------------------------------- configuration
 def test_settings_are_unique_and_runs_seed_major():
     cfg = StudyConfig(grids=(4, 8), dims=(2, 3), both_grids=(2, 4), both_dims=(2, 3), seeds=2)
-    assert cfg.settings() == [(2, 2), (2, 3), (4, 2), (8, 2), (4, 3)]  # filled cells 2, 4, 8, 32, 32 (ties: lower dim first)
+    assert cfg.settings() == [(2, 2), (2, 3), (4, 2), (8, 2), (4, 3)]  # filled cells 2, 4, 8, 32, 32 (ties: dim first)
     specs = run_specs(cfg)
     assert len(specs) == 5 * 2 * 2 and {s.seed for s in specs[:10]} == {0} and specs[0].recipe != specs[1].recipe
     assert cfg.n_eval(n_filled(8, 2)) == 200 * 32 and cfg.n_eval(2) == cfg.min_eval
@@ -189,9 +122,33 @@ def test_cli_refuses_an_existing_study_without_resume(tmp_path, capsys):
     assert e.value.code == 2 and "--resume" in capsys.readouterr().err
 
 
+def test_help_shows_every_default_and_the_measured_time(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["study", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert e.value.code == 0 and "%%" not in out and ">= 95% of samples" in out
+    # the README's measurement: 54 runs need about 84 minutes of two cores; 55 minutes finish 41 of them
+    assert "54 runs" in out and "84 minutes" in out and "55-minute budget finishes about 41" in out
+    assert "60 minutes" not in out
+
+
+def test_the_study_parser_needs_no_argument_types_from_the_caller():
+    import argparse
+
+    from fm_toy2d.study import add_study_parser
+
+    parser = argparse.ArgumentParser(prog="x")
+    study = add_study_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["study", "--grids", "4,8", "--max-steps", "post=30", "--futility-rate", "0"])
+    assert (args.grids, args.max_steps, args.futility_rate, args.seeds) == ((4, 8), {"post": 30}, 0.0, None)
+    for action in study._actions:  # every option that takes a value says its default
+        if action.option_strings and action.nargs != 0:
+            assert "(default: " in action.help, action.option_strings
+
+
 # ----------------------------------------------------------------------------- end to end
 TINY = ["--quick", "--seeds", "1", "--max-steps", "default=20,post=10", "--eval-every", "10", "--hidden", "8",
-        "--depth", "1", "--quiet", "--workers", "1"]
+        "--depth", "1", "--quiet", "--workers", "1"]  # fmt: skip
 
 
 def _read(path):
@@ -253,7 +210,7 @@ def test_a_far_off_run_stops_as_hopeless_at_half_its_cap(tmp_path):
     # evaluation at or past half the cap (40 -> step 20) stops it
     out = tmp_path / "study"
     assert main(["study", "--out", str(out), *TINY, "--recipes", "default", "--grids", "none", "--dims", "3",
-                 "--max-steps", "default=40", "--futility-rate", "0.001"]) == 0
+                 "--max-steps", "default=40", "--futility-rate", "0.001"]) == 0  # fmt: skip
     (run,) = _read(out / "runs.csv")
     evals = _read(out / "evaluations.csv")
     assert run["status"] == "hopeless" and run["last_step"] == "20" and run["steps_to_target"] == ""

@@ -1,5 +1,5 @@
-"""Unit tests of fm-toy2d's wiring: recipes, the block/per-class OT coupling, held-out data, the
-normalizing-flow seam of the CLI."""
+"""Unit tests of fm-toy2d's wiring: recipes, the block/per-class OT coupling the recipe builds
+(fm_core.ExactOTCoupling), held-out data, the normalizing-flow seam of the CLI."""
 
 from __future__ import annotations
 
@@ -13,17 +13,26 @@ import numpy as np
 import pytest
 import torch
 
+from fm_core import ExactOTCoupling
 from fm_toy2d.cli import NF_MISSING, main
 from fm_toy2d.config import DEFAULT_STEPS, RunConfig, make_config
 from fm_toy2d.evaluation import heldout_data
-from fm_toy2d.training import BlockOTCoupling, build_distribution, build_loss, build_model
+from fm_toy2d.training import build_distribution, build_loss, build_model
 
 
 def test_post_recipe_is_the_blog_posts():
     cfg = make_config("checkerboard", "post")
-    assert cfg.net == dict(hidden=512, depth=5, time_dim=128, activation="relu", time_embedding="raw", residual=False,
-                           fourier_features=0)
-    assert (cfg.coupling, cfg.time, cfg.batch_size, cfg.lr, cfg.steps, cfg.solver) == ("independent", "uniform", 256, 1e-3, 2000, "euler")
+    assert cfg.net == dict(
+        hidden=512, depth=5, time_dim=128, activation="relu", time_embedding="raw", residual=False, fourier_features=0
+    )
+    assert (cfg.coupling, cfg.time, cfg.batch_size, cfg.lr, cfg.steps, cfg.solver) == (
+        "independent",
+        "uniform",
+        256,
+        1e-3,
+        2000,
+        "euler",
+    )
     assert cfg.schedule == "constant" and cfg.ema_decay == 0.0 and cfg.grad_clip is None
     net = build_model(cfg)
     ref = type(net).post_recipe(2)  # fm-nets' own constructor of the post's net
@@ -66,7 +75,9 @@ def _brute_force_cost(x0: torch.Tensor, x1: torch.Tensor) -> float:
 def test_block_ot_is_optimal_per_block_and_a_permutation():
     g = torch.Generator().manual_seed(0)
     x0, x1 = torch.randn(12, 2, generator=g), torch.rand(12, 2, generator=g) * 8 - 4
-    out = BlockOTCoupling(block=6, by_label=False)(x0, x1)
+    coupling = build_loss(make_config("checkerboard", coupling="ot", ot_block=6)).coupling
+    assert isinstance(coupling, ExactOTCoupling) and coupling.block == 6 and not coupling.by_label
+    out = coupling(x0, x1)
     assert sorted(out.x0_index.tolist()) == list(range(12))
     assert torch.equal(out.x1, x1) and torch.equal(out.x0, x0[out.x0_index])
     for blk in (slice(0, 6), slice(6, 12)):
@@ -79,7 +90,9 @@ def test_block_ot_couples_within_labels():
     g = torch.Generator().manual_seed(1)
     x0, x1 = torch.randn(40, 2, generator=g), torch.randn(40, 2, generator=g)
     y = torch.randint(0, 3, (40,), generator=g)
-    out = BlockOTCoupling(block=256, by_label=True)(x0, x1, y)
+    coupling = build_loss(make_config("olympic-rings", conditional=True, coupling="ot")).coupling
+    assert isinstance(coupling, ExactOTCoupling) and coupling.block == 256 and coupling.by_label
+    out = coupling(x0, x1, y)
     assert torch.equal(out.y, y)
     assert torch.equal(y[out.x0_index], y)  # every point got noise from its own class's slots
     assert sorted(out.x0_index.tolist()) == list(range(40))
@@ -110,23 +123,44 @@ def test_model_nf_delegates_to_the_nf_module(tmp_path, monkeypatch):
     fake = types.ModuleType("fm_toy2d.nf")
     fake.__spec__ = importlib.machinery.ModuleSpec("fm_toy2d.nf", None)
 
-    def train(cfg, run_dir, progress=True):
+    def train(cfg, run_dir, progress=True, resume=False):
         calls["train"] = cfg
         calls["progress"] = progress
         (run_dir / "checkpoint").mkdir(parents=True)  # the CLI refuses runs without a checkpoint
-        (run_dir / "config.json").write_text(json.dumps({"app": "fm-toy2d", "model": "nf", "toy2d": {k: v for k, v in cfg.items() if k != "user_set"}}))
+        (run_dir / "config.json").write_text(
+            json.dumps({"app": "fm-toy2d", "model": "nf", "toy2d": {k: v for k, v in cfg.items() if k != "user_set"}})
+        )
 
     def sample(run_dir, n, label, seed):
         calls["sample"] = (n, label, seed)
         return torch.zeros(n, 2), torch.full((n,), label)
 
     fake.train, fake.sample = train, sample
-    fake.evaluate = lambda run_dir, n, seed, n_nll, nll: calls.setdefault("evaluate", (n, seed, n_nll, nll)) and {"nll": None}
+    fake.evaluate = lambda run_dir, n, seed, n_nll, nll: (
+        calls.setdefault("evaluate", (n, seed, n_nll, nll)) and {"nll": None}
+    )
     fake.pictures = lambda run_dir: calls.setdefault("pictures", []) or []
     monkeypatch.setitem(sys.modules, "fm_toy2d.nf", fake)
 
     run = tmp_path / "nf"
-    assert main(["train", "--model", "nf", "--dataset", "olympic-rings", "--conditional", "--steps", "7", "--quiet", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "nf",
+                "--dataset",
+                "olympic-rings",
+                "--conditional",
+                "--steps",
+                "7",
+                "--quiet",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     cfg = calls["train"]
     assert calls["progress"] is False  # --quiet
     assert cfg["model"] == "nf" and cfg["dataset"] == "olympic-rings" and cfg["conditional"] and cfg["steps"] == 7

@@ -139,7 +139,7 @@ def test_ot_in_blocks_equals_brute_force_per_block(by_label):
     for group in groups:
         rows = group.tolist()
         for start in range(0, len(rows), 3):  # consecutive blocks of at most 3 rows of the group
-            block = rows[start:start + 3]
+            block = rows[start : start + 3]
             for r, b in zip(block, _brute_force_index(x0, x1, block)[0]):
                 expected[r] = b
     assert out.x0_index.tolist() == expected

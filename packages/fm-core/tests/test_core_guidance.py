@@ -6,7 +6,6 @@ import torch
 
 from fm_core import CFGVelocity
 
-
 K = 4  # real classes 0..3, null label 4
 
 

@@ -127,8 +127,7 @@ def test_linear_flow_hutchinson_within_monte_carlo_tolerance(shape, probe):
     x1_flat = np.random.default_rng(6).normal(size=(shape[0], dim)) @ low.T + m
     x1 = torch.from_numpy(x1_flat).reshape(shape)
     n_probes = 64
-    res = log_likelihood(v, x1, method="rk4", steps=8, divergence="hutchinson", n_probes=n_probes, seed=3,
-                         probe=probe)
+    res = log_likelihood(v, x1, method="rk4", steps=8, divergence="hutchinson", n_probes=n_probes, seed=3, probe=probe)
     expected = scipy.stats.multivariate_normal(mean=m, cov=low @ low.T).logpdf(x1_flat)
     # fixed probe e: the estimate of int_0^1 div dt is e^T K e with K = logm(L); its variance
     # is 2 (||S||_F^2 - sum S_ii^2) for Rademacher and 2 ||S||_F^2 for Gaussian, S = sym(K)

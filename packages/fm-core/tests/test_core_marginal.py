@@ -16,7 +16,6 @@ from torch import nn
 
 from fm_core import EmpiricalMarginalVelocity, FlowMatchingLoss, StratifiedTime, gaussian_marginal_velocity
 
-
 MEAN = torch.tensor([1.0, -0.5])
 STD = torch.tensor([0.5, 0.8])
 

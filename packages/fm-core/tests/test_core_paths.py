@@ -7,13 +7,12 @@ import torch
 from fm_core import (
     AffinePath,
     CondOTPath,
+    CondOTScheduler,
     CosineScheduler,
     PathSample,
     PolynomialScheduler,
     VPScheduler,
-    CondOTScheduler,
 )
-
 
 PATHS = [
     CondOTPath(),

@@ -193,7 +193,7 @@ def test_every_solver_matches_the_matrix_exponential_on_linear_fields(field, dty
     for method, (steps, tol) in METHODS.items():
         calls = []
 
-        def v(x, t, y=None):
+        def v(x, t, y=None, calls=calls):  # binds this method's list
             calls.append(t)
             return x @ at.T + bt
 

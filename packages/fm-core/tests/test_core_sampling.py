@@ -222,3 +222,18 @@ def test_cuda_gives_the_cpu_samples():
     assert gpu.x.device.type == "cpu" and gpu.trajectory.device.type == "cpu"
     torch.testing.assert_close(gpu.x, cpu.x, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(gpu.trajectory, cpu.trajectory, atol=1e-5, rtol=1e-5)
+
+
+def test_draw_source_is_the_documented_draw_and_the_start_of_sample():
+    from fm_core import draw_source
+
+    g = torch.Generator().manual_seed(3)
+    noise_ref = torch.randn(6, 2, generator=g)
+    labels_ref = torch.randint(0, 4, (6,), generator=g)
+    noise, labels = draw_source(6, (2,), seed=3, num_classes=4, random_labels=True)
+    assert torch.equal(noise, noise_ref) and torch.equal(labels, labels_ref)
+    res = sample(
+        lambda x, t, y: torch.zeros_like(x), 6, (2,), seed=3, num_classes=4, random_labels=True, method="euler", steps=1
+    )
+    assert torch.equal(res.x, noise_ref) and torch.equal(res.labels, labels_ref)
+    assert draw_source(3, (2,), seed=0)[1] is None

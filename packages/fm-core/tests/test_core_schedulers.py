@@ -17,7 +17,6 @@ from fm_core import (
     get_scheduler,
 )
 
-
 ALL = [
     CondOTScheduler(),
     CondOTScheduler(sigma_min=0.1),

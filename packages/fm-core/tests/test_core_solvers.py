@@ -23,7 +23,10 @@ ORDER = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
 EVALS = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
 # step counts in the asymptotic regime and well above float64 round-off for each method
 STEP_LISTS = {
-    "euler": [32, 64, 128, 256], "midpoint": [16, 32, 64, 128], "heun": [16, 32, 64, 128], "rk4": [4, 8, 16, 32]
+    "euler": [32, 64, 128, 256],
+    "midpoint": [16, 32, 64, 128],
+    "heun": [16, 32, 64, 128],
+    "rk4": [4, 8, 16, 32],
 }
 
 A = 1.3
@@ -312,8 +315,9 @@ def test_time_grid_accepts_tensor_and_consistent_endpoints():
 def test_adaptive_trajectory_at_grid_points_or_endpoints():
     x0 = _x0((2, 2, 2))
     grid = [0.0, 0.25, 0.5, 0.75, 1.0]
-    sol = solve_ode(lambda x, t, y=None: A * x, x0, method="dopri5", time_grid=grid, atol=1e-9, rtol=1e-9,
-                    return_trajectory=True)
+    sol = solve_ode(
+        lambda x, t, y=None: A * x, x0, method="dopri5", time_grid=grid, atol=1e-9, rtol=1e-9, return_trajectory=True
+    )
     assert sol.trajectory.shape == (5, 2, 2, 2)
     expected = torch.stack([x0 * math.exp(A * t) for t in grid])
     assert torch.allclose(sol.trajectory, expected, atol=1e-7)

@@ -6,7 +6,6 @@ from scipy import stats
 
 from fm_core import LogitNormalTime, StratifiedTime, TimeSampler, UniformTime, get_time_sampler
 
-
 SAMPLERS = [UniformTime(), LogitNormalTime(), LogitNormalTime(mean=-1.0, std=2.0), StratifiedTime()]
 IDS = [repr(s) for s in SAMPLERS]
 

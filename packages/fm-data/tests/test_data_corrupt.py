@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from fm_data import images as im
 from fm_data.images import DataError, load_images, read_idx
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from fm_data import images as im
 from fm_data.images import DataError, find_dataset_dir, load_images, parse_classes, read_idx, to_model, to_uint8
 

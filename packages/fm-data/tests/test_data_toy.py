@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from fm_data.toy import (
     TOY_DATASETS,
     Checkerboard,
@@ -197,8 +198,10 @@ def test_moons_log_prob_against_reference_and_integral():
     assert chi2_ok(np.bincount(y.numpy(), minlength=2), np.full(2, len(y) / 2))
     # distance to the noiseless moon curve has the spread of 2D noise of std 0.1 (Rayleigh mean)
     th = np.linspace(0, np.pi, 4001)
-    arm = [2.0 * (np.stack([np.cos(th), np.sin(th)], 1) - [0.5, 0.25]),
-           2.0 * (np.stack([1 - np.cos(th), 0.5 - np.sin(th)], 1) - [0.5, 0.25])]
+    arm = [
+        2.0 * (np.stack([np.cos(th), np.sin(th)], 1) - [0.5, 0.25]),
+        2.0 * (np.stack([1 - np.cos(th), 0.5 - np.sin(th)], 1) - [0.5, 0.25]),
+    ]
     xn, yn = x.numpy()[:1000], y.numpy()[:1000]
     dmin = np.array([np.linalg.norm(arm[k] - p, axis=1).min() for p, k in zip(xn, yn)])
     assert np.median(dmin) < 0.1  # a 1D projection of N(0, 0.1^2): median |z| = 0.067

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
+from safetensors.torch import save_file
+
 from fm_latent import (
     LatentCacheError,
     LatentVAE,
@@ -15,7 +17,6 @@ from fm_latent import (
     small_autoencoder_kl,
     vae_loss,
 )
-from safetensors.torch import save_file
 
 torch.set_num_threads(1)  # tiny models: one thread avoids OpenMP stalls on a busy machine
 
@@ -99,9 +100,17 @@ def test_cache_refuses_another_vae(tmp_path):
     with pytest.raises(LatentCacheError, match=r"config scaling_factor=1\.0 vs 3\.0"):
         load_latent_cache(path, refit)  # same weights, another scale: the latents would decode wrongly
     torch.manual_seed(0)
-    taesd = LatentVAE(AutoencoderTiny(in_channels=1, out_channels=1, encoder_block_out_channels=(8, 8, 8, 8),
-                                      decoder_block_out_channels=(8, 8, 8, 8), num_encoder_blocks=(1, 1, 1, 1),
-                                      num_decoder_blocks=(1, 1, 1, 1), latent_channels=4))
+    taesd = LatentVAE(
+        AutoencoderTiny(
+            in_channels=1,
+            out_channels=1,
+            encoder_block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8),
+            num_encoder_blocks=(1, 1, 1, 1),
+            num_decoder_blocks=(1, 1, 1, 1),
+            latent_channels=4,
+        )
+    )
     with pytest.raises(LatentCacheError, match="class 'AutoencoderKL' vs 'AutoencoderTiny'"):
         load_latent_cache(path, taesd)
     assert load_latent_cache(path, small(seed=0)).latents.shape == (2, 4, 4, 4)  # the same VAE rebuilt: accepted

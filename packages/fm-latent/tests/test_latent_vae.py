@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
+
 from fm_latent import LatentVAE, LatentVAEError, downsample_factor, pad_to_multiple, scale_shift_from_latents
 
 torch.set_num_threads(1)  # tiny models: one thread avoids OpenMP stalls on a busy machine
@@ -18,9 +19,16 @@ def tiny_kl(in_channels: int = 3, levels: int = 4, seed: int = 0) -> Autoencoder
     """An AutoencoderKL with levels - 1 downsamplings (widths of 8, GroupNorm groups of 4)."""
     torch.manual_seed(seed)
     return AutoencoderKL(
-        in_channels=in_channels, out_channels=in_channels, down_block_types=("DownEncoderBlock2D",) * levels,
-        up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=(8,) * levels, layers_per_block=1,
-        latent_channels=4, norm_num_groups=4, sample_size=32, mid_block_add_attention=False,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=(8,) * levels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+        mid_block_add_attention=False,
     ).eval()
 
 
@@ -28,8 +36,12 @@ def tiny_taesd(in_channels: int = 3, seed: int = 0) -> AutoencoderTiny:
     """An AutoencoderTiny with three downsamplings (four encoder blocks), widths of 8."""
     torch.manual_seed(seed)
     return AutoencoderTiny(
-        in_channels=in_channels, out_channels=in_channels, encoder_block_out_channels=(8, 8, 8, 8),
-        decoder_block_out_channels=(8, 8, 8, 8), num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1),
+        in_channels=in_channels,
+        out_channels=in_channels,
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
         latent_channels=4,
     ).eval()
 
@@ -143,7 +155,9 @@ def test_scale_and_shift_round_trip_through_save_pretrained(make, tmp_path):
     scale, shift = w.fit_scale_shift(x)
     assert scale == pytest.approx(1 / float(raw.double().std())) and shift == pytest.approx(float(raw.double().mean()))
     z = w.encode(x)
-    assert float(z.double().mean()) == pytest.approx(0.0, abs=1e-5) and float(z.double().std()) == pytest.approx(1.0, abs=1e-5)
+    assert float(z.double().mean()) == pytest.approx(0.0, abs=1e-5) and float(z.double().std()) == pytest.approx(
+        1.0, abs=1e-5
+    )
     assert torch.allclose(z, (raw - shift) * scale, atol=1e-5)
     # decode undoes the scale: decode(z) is the VAE's decoder on the raw latents
     with torch.no_grad():

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+
 from fm_nets import DIT_CONFIGS, DiT, build_net
 from fm_nets.dit import sincos_pos_embed_2d
 
@@ -22,7 +23,10 @@ def _net(**kw) -> DiT:
     torch.manual_seed(0)
     net = DiT(**{**SMALL, **kw})
     g = torch.Generator().manual_seed(1)
-    zero_init = [b.adaLN_modulation[-1] for b in net.blocks] + [net.final_layer.adaLN_modulation[-1], net.final_layer.linear]
+    zero_init = [b.adaLN_modulation[-1] for b in net.blocks] + [
+        net.final_layer.adaLN_modulation[-1],
+        net.final_layer.linear,
+    ]
     with torch.no_grad():
         for layer in zero_init:
             layer.weight.normal_(0.0, 0.1, generator=g)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from fm_nets.embeddings import LabelEmbedding, TimeEmbedding, as_time_batch, sinusoidal_embedding
 
 T_GRID = torch.linspace(0.0, 1.0, 201)

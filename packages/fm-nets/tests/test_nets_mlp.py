@@ -6,8 +6,9 @@ import json
 
 import pytest
 import torch
-from fm_nets import MLPVelocity, build_net
 from torch import nn
+
+from fm_nets import MLPVelocity, build_net
 
 
 def assert_close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> None:
@@ -84,11 +85,21 @@ def test_config_round_trips_through_build_net_and_json():
 def test_post_recipe_layout_and_parameter_count():
     d = 2
     net = MLPVelocity.post_recipe(d)
-    assert net.config == dict(dim=2, hidden=512, depth=5, time_dim=128, num_classes=None,
-                              activation="relu", time_embedding="raw", residual=False, fourier_features=0)
+    assert net.config == dict(
+        dim=2,
+        hidden=512,
+        depth=5,
+        time_dim=128,
+        num_classes=None,
+        activation="relu",
+        time_embedding="raw",
+        residual=False,
+        fourier_features=0,
+    )
     expected = (
         (d * 512 + 512)  # input projection
-        + (1 * 128 + 128) + (128 * 512 + 512)  # time MLP 1 -> 128 -> 512
+        + (1 * 128 + 128)
+        + (128 * 512 + 512)  # time MLP 1 -> 128 -> 512
         + (1024 * 512 + 512)  # concat + projection
         + 5 * (512 * 512 + 512)  # five Linear(512) + ReLU
         + (512 * d + d)  # output projection
@@ -138,7 +149,9 @@ def test_fourier_features_of_the_input_by_hand():
     x = torch.tensor([[0.5, -1.0], [2.0, 3.0]])
     net(x, torch.rand(2))
     w = torch.tensor([torch.pi / 4, torch.pi / 2, torch.pi])  # periods 8, 4, 2
-    args = torch.stack([x[:, 0] * w[0], x[:, 0] * w[1], x[:, 0] * w[2], x[:, 1] * w[0], x[:, 1] * w[1], x[:, 1] * w[2]], 1)
+    args = torch.stack(
+        [x[:, 0] * w[0], x[:, 0] * w[1], x[:, 0] * w[2], x[:, 1] * w[0], x[:, 1] * w[1], x[:, 1] * w[2]], 1
+    )
     assert_close(seen["x"], torch.cat([x, torch.sin(args), torch.cos(args)], 1))
     assert "x_freqs" not in net.state_dict()  # rebuilt from the config, not saved
     clone = build_net("mlp", **net.config)

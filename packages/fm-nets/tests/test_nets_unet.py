@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from fm_nets import build_net
 from fm_nets.unet import UNet
 

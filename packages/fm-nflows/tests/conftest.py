@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fm_nflows import ActNorm, AffineCoupling, InvertibleLinear
 from torch import nn
+
+from fm_nflows import ActNorm, AffineCoupling, InvertibleLinear
 
 
 def randomize_(module: nn.Module, seed: int = 0, scale: float = 0.4) -> nn.Module:

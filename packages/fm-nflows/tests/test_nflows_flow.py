@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+
 from fm_nflows import ActNorm, Flow, InvertibleLinear, build_flow, load_flow, save_flow
 
 DTYPE = torch.float64
@@ -122,9 +123,14 @@ def test_conditional_broadcasting_and_label_checks(randomize):
         mixed = flow.log_prob(x, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
         assert_close(mixed[2], lp[2][2], atol=1e-12)
         assert flow.sample(0, 1).shape == (0, 2)
-    for bad, msg in [(None, "class-conditional"), (3, r"\[0, 3\)"), (-1, r"\[0, 3\)"),
-                     (torch.zeros(7, dtype=torch.long), r"\[8\]"), (torch.zeros(8), "integers"),
-                     (True, "integers")]:
+    for bad, msg in [
+        (None, "class-conditional"),
+        (3, r"\[0, 3\)"),
+        (-1, r"\[0, 3\)"),
+        (torch.zeros(7, dtype=torch.long), r"\[8\]"),
+        (torch.zeros(8), "integers"),
+        (True, "integers"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             flow.log_prob(x, bad)
     with pytest.raises(ValueError, match="unconditional"):
@@ -251,9 +257,13 @@ def test_build_flow_seed_and_arguments():
     c = build_flow(2, 2, 8, mixing="none", actnorm=False, zero_init=False, seed=7)
     assert c.config["zero_init"] is False and len(c.layers) == 2  # couplings only
     assert all(m.conditioner.out.weight.abs().max() > 0 for m in c.layers)
-    for kwargs, msg in [(dict(dim=1), "dim"), (dict(n_layers=0), "n_layers"),
-                        (dict(mixing="glow"), "mixing"), (dict(activation="swish"), "activation"),
-                        (dict(num_classes=0), "num_classes")]:
+    for kwargs, msg in [
+        (dict(dim=1), "dim"),
+        (dict(n_layers=0), "n_layers"),
+        (dict(mixing="glow"), "mixing"),
+        (dict(activation="swish"), "activation"),
+        (dict(num_classes=0), "num_classes"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             build_flow(**kwargs)
     with pytest.raises(ValueError, match=r"\[B, 2\]"):

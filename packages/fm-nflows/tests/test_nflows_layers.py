@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from fm_nflows import ActNorm, AffineCoupling, InvertibleLinear, Permutation, alternating_mask
 from fm_nflows.functional import invert_permutation, soft_bound
 
@@ -40,8 +41,7 @@ def make_layer(kind: str, dim: int):
     raise AssertionError(kind)
 
 
-KINDS = ["coupling", "coupling-mask", "coupling-context", "perm-random", "perm-reverse",
-         "actnorm", "linear"]
+KINDS = ["coupling", "coupling-mask", "coupling-context", "perm-random", "perm-reverse", "actnorm", "linear"]
 
 
 def setup(kind: str, dim: int, randomize, batch: int = 64):
@@ -206,7 +206,8 @@ def test_actnorm_data_dependent_init_once_and_flag_is_a_buffer():
     layer = ActNorm(3).to(DTYPE)
     assert "initialized" in layer.state_dict() and not bool(layer.initialized)
     x = torch.randn(500, 3, dtype=DTYPE) * torch.tensor([0.5, 2.0, 3.0], dtype=DTYPE) + torch.tensor(
-        [1.0, -2.0, 0.0], dtype=DTYPE)
+        [1.0, -2.0, 0.0], dtype=DTYPE
+    )
     layer.eval()
     z, _ = layer(x)  # eval mode: no init
     assert not bool(layer.initialized)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from fm_nflows import build_flow, fit
 
 MEAN = torch.tensor([1.0, -0.5])
@@ -35,8 +36,15 @@ def test_fit_gaussian_nll_approaches_entropy():
     assert start_gap > 0.5  # an untrained flow is a rotated standard normal
 
     seen = []
-    hist = fit(flow, sample_fn, steps=100, batch_size=256, lr=1e-2, record_every=20,
-               callback=lambda step, logs: seen.append((step, logs["nll"])))
+    hist = fit(
+        flow,
+        sample_fn,
+        steps=100,
+        batch_size=256,
+        lr=1e-2,
+        record_every=20,
+        callback=lambda step, logs: seen.append((step, logs["nll"])),
+    )
     with torch.no_grad():
         model_nll = -flow.log_prob(test).mean().item()
     assert not flow.training
@@ -63,7 +71,10 @@ def test_fit_conditional_learns_labels_and_guards():
         assert (flow.log_prob(x, 0) - flow.log_prob(x, 1)).mean() > 2.0
     with pytest.raises(FloatingPointError, match="step 1"):
         fit(build_flow(2, 1, 8), lambda n: torch.full((n, 2), float("nan")), steps=3)
-    for kwargs, msg in [(dict(steps=0), "steps"), (dict(steps=1, schedule="step"), "schedule"),
-                        (dict(steps=1, batch_size=1), "batch_size")]:
+    for kwargs, msg in [
+        (dict(steps=0), "steps"),
+        (dict(steps=1, schedule="step"), "schedule"),
+        (dict(steps=1, batch_size=1), "batch_size"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             fit(flow, sample_fn, **kwargs)

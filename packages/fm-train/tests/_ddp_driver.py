@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 
 import torch
-from fm_train import CSVLogger, TrainConfig, Trainer, distributed
 from torch import nn
+
+from fm_train import CSVLogger, TrainConfig, Trainer, distributed
 
 B, D = 16, 4
 

@@ -29,12 +29,13 @@ import random
 import sys
 from pathlib import Path
 
-import fm_train.checkpoint as ck
-import fm_train.history as hist
 import numpy as np
 import torch
-from fm_train import TrainConfig, Trainer
 from torch import nn
+
+import fm_train.checkpoint as ck
+import fm_train.history as hist
+from fm_train import TrainConfig, Trainer
 
 STEPS = 16  # default budget; the tests pass their own
 CKPT_EVERY = 2

@@ -4,9 +4,11 @@ import json
 import os
 from pathlib import Path
 
-import fm_train.checkpoint as ck
 import pytest
 import torch
+from torch import nn
+
+import fm_train.checkpoint as ck
 from fm_train import (
     CheckpointError,
     find_checkpoint,
@@ -16,7 +18,6 @@ from fm_train import (
     recover_checkpoint,
     save_checkpoint,
 )
-from torch import nn
 
 
 def _state(value: float) -> dict:

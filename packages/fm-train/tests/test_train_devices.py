@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from torch import nn
+
 from fm_train import autocast, maybe_compile, resolve_device
 from fm_train import devices as devices_mod
-from torch import nn
 
 
 @pytest.fixture

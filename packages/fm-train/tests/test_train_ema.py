@@ -2,8 +2,9 @@
 
 import pytest
 import torch
-from fm_train import EMA
 from torch import nn
+
+from fm_train import EMA
 
 
 class WithBuffer(nn.Module):

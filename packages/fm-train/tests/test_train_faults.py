@@ -22,9 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-import fm_train.checkpoint as ck
 import pytest
 import torch
+
+import fm_train.checkpoint as ck
 from fm_train import CheckpointError, LossHistory, Trainer, TrainingDivergedError, check_state_dict, load_checkpoint
 
 torch.set_num_threads(1)

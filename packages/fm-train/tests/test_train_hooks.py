@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from fm_train import (
     CSVLogger,
     Logger,

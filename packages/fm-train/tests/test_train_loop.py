@@ -6,6 +6,8 @@ import random
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from fm_train import (
     CheckpointError,
     LossHistory,
@@ -16,7 +18,6 @@ from fm_train import (
     load_model_for_sampling,
     lr_at,
 )
-from torch import nn
 
 torch.set_num_threads(1)
 

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+
 from fm_train import RunDir, machine_info, save_checkpoint
 
 

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from fm_train import DEFAULT_STEPS, TrainConfig, decay_progress, lr_at
 
 

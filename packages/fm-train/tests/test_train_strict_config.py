@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 
 import pytest
+
 from fm_train import StrictConfig, TrainConfig
 
 

@@ -2,21 +2,24 @@
 flow-matching run (:class:`LatentConfig`).
 
 The fields a latent run shares with fm-pixel (data set, classes, conditioning, time sampler,
-coupling, optimisation, sampler) have fm-pixel's names, meanings and validation: ``validate``
-hands them to ``fm_pixel.config.PixelConfig``, so the two apps accept and refuse the same values,
-and fm-pixel's training, loss and scoring helpers take a LatentConfig as they take a PixelConfig.
+coupling, label dropout, sampler, the embedded ``train: TrainConfig``) are fm-cli's
+``ImageRunConfig``: the two apps accept and refuse the same values with the same messages, and
+train with the same loss (``fm_cli.images.flow_loss``).
 
 Time convention everywhere: t = 0 is N(0, I) noise, t = 1 is data (here: scaled VAE latents).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from fm_pixel.config import NUM_CLASSES, PixelConfig, _is_int, parse_classes  # noqa: F401  (NUM_CLASSES: re-exported)
+from fm_cli.images.config import ImageRunConfig, ImageTrainConfig, build_config, from_recipe
+from fm_data.images import CLASS_NAMES, IMAGE_DATASETS, parse_classes
+from fm_train import StrictConfig
 
-__all__ = ["IMAGE_SIZE", "LATENT_DEFAULTS", "VAE_DEFAULTS", "LatentConfig", "VAEConfig", "dit_defaults", "from_dict", "make_config"]
+__all__ = ["IMAGE_SIZE", "LATENT_DEFAULTS", "VAE_DEFAULTS", "LatentConfig", "VAEConfig", "dit_defaults", "make_config"]
 
 IMAGE_SIZE = 28
 
@@ -28,6 +31,7 @@ VAE_DEFAULTS: dict[str, Any] = dict(
     block_out_channels=[8, 16, 32, 32], latent_channels=8, layers_per_block=1, norm_num_groups=8,
     kl_weight=1e-4, batch_size=64, lr=2e-3, warmup_steps=50, ema_decay=0.995,
 )  # fmt: skip
+_VAE_TRAIN = ("batch_size", "lr", "warmup_steps", "ema_decay")
 
 #: The flow-matching recipe on latents (fields shared with fm-pixel's default recipe, DiT net).
 LATENT_DEFAULTS: dict[str, Any] = dict(
@@ -42,12 +46,13 @@ def dit_defaults(latent_shape: list[int]) -> dict[str, Any]:
     c, h, w = latent_shape
     patch = 2 if min(h, w) >= 8 and h % 2 == 0 and w % 2 == 0 else 1
     return dict(in_channels=c, input_size=[h, w] if h != w else h, patch_size=patch, hidden_size=128,
-                depth=6, num_heads=4, mlp_ratio=4.0)
+                depth=6, num_heads=4, mlp_ratio=4.0)  # fmt: skip
 
 
 @dataclass
-class VAEConfig:
-    """The VAE that ``train-vae`` trains: its architecture (fm_latent.small_autoencoder_kl) and optimisation."""
+class VAEConfig(StrictConfig):
+    """The VAE that ``train-vae`` trains: its architecture (fm_latent.small_autoencoder_kl), KL
+    weight and optimisation (``train``)."""
 
     dataset: str = "mnist"
     classes: list[int] | None = None
@@ -56,25 +61,29 @@ class VAEConfig:
     layers_per_block: int = VAE_DEFAULTS["layers_per_block"]
     norm_num_groups: int = VAE_DEFAULTS["norm_num_groups"]
     kl_weight: float = VAE_DEFAULTS["kl_weight"]
-    batch_size: int = VAE_DEFAULTS["batch_size"]
-    lr: float = VAE_DEFAULTS["lr"]
-    warmup_steps: int = VAE_DEFAULTS["warmup_steps"]
-    ema_decay: float = VAE_DEFAULTS["ema_decay"]
-    seed: int = 0
+    train: ImageTrainConfig = field(
+        default_factory=lambda: ImageTrainConfig(**{k: VAE_DEFAULTS[k] for k in _VAE_TRAIN})
+    )
 
     def __post_init__(self) -> None:
         self.classes = parse_classes(self.classes)
-        self.block_out_channels = [int(c) for c in self.block_out_channels]
-        # the shared fields are checked exactly as fm-pixel checks them
-        PixelConfig(dataset=self.dataset, classes=self.classes, net="mlp", batch_size=self.batch_size, lr=self.lr,
-                    warmup_steps=self.warmup_steps, ema_decay=self.ema_decay, seed=self.seed, label_dropout=0.0, guidance=1.0)
-        if not isinstance(self.kl_weight, (int, float)) or not self.kl_weight >= 0:
-            raise ValueError(f"kl_weight={self.kl_weight!r} is invalid: must be a number >= 0")
+        if isinstance(self.block_out_channels, (list, tuple)):
+            self.block_out_channels = [int(c) for c in self.block_out_channels]
+        super().__post_init__()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field (the architecture: fm-latent's checks)."""
+        self._check_choice("dataset", IMAGE_DATASETS)
+        if not isinstance(self.block_out_channels, list) or not self.block_out_channels:
+            raise self._invalid("block_out_channels", "a non-empty list of widths")
+        for name in ("latent_channels", "layers_per_block", "norm_num_groups"):
+            self._check_int(name, 1)
+        self._check_real("kl_weight", 0, allowed="a number >= 0")
         from fm_latent import check_small_vae
 
         arch = self.arch()
         arch.pop("image_channels")
-        check_small_vae(**arch)  # architecture errors now (fm-latent's checks), without importing diffusers
+        check_small_vae(**arch)  # architecture errors now, without importing diffusers
 
     @property
     def sample_size(self) -> int:
@@ -82,85 +91,64 @@ class VAEConfig:
         f = 2 ** (len(self.block_out_channels) - 1)
         return -(-IMAGE_SIZE // f) * f
 
-    to_dict = PixelConfig.to_dict
-    from_dict = classmethod(PixelConfig.from_dict.__func__)  # unknown keys are an error naming them
-
     def arch(self) -> dict[str, Any]:
         """Keyword arguments of fm_latent.small_autoencoder_kl."""
         return dict(image_channels=1, block_out_channels=self.block_out_channels, latent_channels=self.latent_channels,
-                    layers_per_block=self.layers_per_block, norm_num_groups=self.norm_num_groups, sample_size=self.sample_size)
+                    layers_per_block=self.layers_per_block, norm_num_groups=self.norm_num_groups,
+                    sample_size=self.sample_size)  # fmt: skip
+
+
+def make_vae_config(**overrides: Any) -> VAEConfig:
+    """:data:`VAE_DEFAULTS` with ``overrides`` (None values ignored; batch_size .. seed go to ``train``)."""
+    return build_config(VAEConfig, {**VAE_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 @dataclass
-class LatentConfig:
-    """Everything that defines a latent flow-matching run (JSON-safe).
-
-    dataset / classes / conditional / time .. guidance: as in fm-pixel (same validation).
-    latent_shape: [C, h, w] of the cached latents; net_config: fm_nets.DiT keyword arguments
-    (without num_classes). ``vae`` (the VAE's identity) is stored beside it in config.json.
-    """
+class LatentConfig(ImageRunConfig):
+    """Everything that defines a latent flow-matching run (JSON-safe): fm-cli's ImageRunConfig
+    (as in fm-pixel, same validation) plus ``latent_shape`` [C, h, w] of the cached latents and
+    ``net_config`` (fm_nets.DiT keyword arguments without num_classes; default :func:`dit_defaults`).
+    The VAE's identity is stored beside it in config.json."""
 
     dataset: str = "mnist"
-    classes: list[int] | None = None
-    conditional: bool = False
+    solver: str = LATENT_DEFAULTS["solver"]
+    train: ImageTrainConfig = field(
+        default_factory=lambda: ImageTrainConfig(batch_size=LATENT_DEFAULTS["batch_size"], lr=LATENT_DEFAULTS["lr"])
+    )
     latent_shape: list[int] = field(default_factory=lambda: [8, 4, 4])
     net: str = "dit"
     net_config: dict[str, Any] = field(default_factory=dict)
-    time: str = LATENT_DEFAULTS["time"]
-    coupling: str = LATENT_DEFAULTS["coupling"]
-    label_dropout: float = 0.0
-    batch_size: int = LATENT_DEFAULTS["batch_size"]
-    lr: float = LATENT_DEFAULTS["lr"]
-    weight_decay: float = LATENT_DEFAULTS["weight_decay"]
-    schedule: str = LATENT_DEFAULTS["schedule"]
-    warmup_steps: int = LATENT_DEFAULTS["warmup_steps"]
-    grad_clip: float | None = LATENT_DEFAULTS["grad_clip"]
-    ema_decay: float = LATENT_DEFAULTS["ema_decay"]
-    seed: int = 0
-    solver: str = LATENT_DEFAULTS["solver"]
-    nfe: int = LATENT_DEFAULTS["nfe"]
-    guidance: float = 1.0
 
-    _SHARED = ("dataset", "classes", "conditional", "time", "coupling", "label_dropout", "batch_size", "lr",
-               "weight_decay", "schedule", "warmup_steps", "grad_clip", "ema_decay", "seed", "solver", "nfe", "guidance")
+    datasets: ClassVar[tuple[str, ...]] = IMAGE_DATASETS  # the data: fm-data's (see ImageRunConfig)
+    class_names: ClassVar[Mapping[str, Sequence[str]]] = CLASS_NAMES
+    parse_classes = staticmethod(parse_classes)
 
     def __post_init__(self) -> None:
-        self.classes = parse_classes(self.classes)
-        self.validate()
+        super().__post_init__()
         if not self.net_config:
             self.net_config = dit_defaults(list(self.latent_shape))
 
-    # the same labels as fm-pixel: 10 classes with null label 10 when conditional; sampled classes
-    num_classes = PixelConfig.num_classes
-    sample_classes = PixelConfig.sample_classes
-    to_dict = PixelConfig.to_dict
-    from_dict = classmethod(PixelConfig.from_dict.__func__)
-
     def validate(self) -> None:
-        """Raise ValueError naming the first bad field (shared fields: fm-pixel's messages)."""
-        PixelConfig(net="mlp", **{k: getattr(self, k) for k in self._SHARED})
+        """Raise ValueError naming the first bad field (shared fields: fm-cli's ImageRunConfig)."""
+        super().validate()
         if self.net != "dit":
-            raise ValueError(f"net={self.net!r} is invalid: fm-latentgen trains a DiT ('dit')")
+            raise self._invalid("net", "'dit' (fm-latentgen trains a DiT)")
         shape = self.latent_shape
-        if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(s) and s >= 1 for s in shape)):
-            raise ValueError(f"latent_shape={shape!r} is invalid: must be [C, h, w] with positive integers")
+        if not (
+            isinstance(shape, list)
+            and len(shape) == 3
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)
+        ):
+            raise self._invalid("latent_shape", "[C, h, w] with positive integers")
         if not isinstance(self.net_config, dict):
-            raise ValueError(f"net_config={self.net_config!r} is invalid: must be a dict of DiT keyword arguments")
+            raise self._invalid("net_config", "a dict of DiT keyword arguments")
 
 
 def make_config(dataset: str, latent_shape: list[int], **overrides: Any) -> LatentConfig:
-    """The latent recipe (:data:`LATENT_DEFAULTS`) with ``overrides`` (None values ignored); an
-    unconditional run gets no label dropout and no guidance, as in fm-pixel's make_config."""
-    base = dict(LATENT_DEFAULTS)
-    over = {k: v for k, v in overrides.items() if v is not None}
-    if not over.get("conditional", False):
-        base.update(label_dropout=0.0, guidance=1.0)
+    """The latent recipe (:data:`LATENT_DEFAULTS`) with ``overrides`` (None values ignored;
+    ``net_config`` merged into :func:`dit_defaults`); an unconditional run gets no label dropout
+    and no guidance, as in fm-pixel."""
     net_config = dit_defaults(list(latent_shape))
-    net_config.update(over.pop("net_config", {}) or {})
-    base.update(over)
-    return LatentConfig(dataset=dataset, latent_shape=list(latent_shape), net_config=net_config, **base)
-
-
-def from_dict(kind: str, data: dict[str, Any]):
-    """Rebuild a stored ``"vae"`` (VAEConfig) or ``"latent"`` (LatentConfig) section."""
-    return {"vae": VAEConfig, "latent": LatentConfig}[kind].from_dict(data)
+    net_config.update(overrides.pop("net_config", None) or {})
+    recipe = {**LATENT_DEFAULTS, "dataset": dataset, "latent_shape": list(latent_shape), "net_config": net_config}
+    return from_recipe(LatentConfig, recipe, overrides)

@@ -28,12 +28,11 @@ Time convention everywhere: t = 0 is N(0, I) noise, t = 1 is data.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from fm_data.toy import TOY_DATASETS
+from fm_train import StrictConfig, TrainConfig
 
 __all__ = [
     "COUPLINGS",
@@ -67,8 +66,15 @@ DEFAULT_STEPS: dict[str, int] = {
 #: Every knob of a recipe; the CLI overrides some of them (coupling, time, steps, batch size).
 RECIPES: dict[str, dict[str, Any]] = {
     "default": dict(
-        net=dict(hidden=128, depth=3, time_dim=128, activation="silu", time_embedding="sinusoidal", residual=True,
-                 fourier_features=6),
+        net=dict(
+            hidden=128,
+            depth=3,
+            time_dim=128,
+            activation="silu",
+            time_embedding="sinusoidal",
+            residual=True,
+            fourier_features=6,
+        ),
         coupling="independent",
         target="batch-marginal",
         ot_block=256,
@@ -84,8 +90,15 @@ RECIPES: dict[str, dict[str, Any]] = {
         nfe=8,
     ),
     "post": dict(
-        net=dict(hidden=512, depth=5, time_dim=128, activation="relu", time_embedding="raw", residual=False,
-                 fourier_features=0),
+        net=dict(
+            hidden=512,
+            depth=5,
+            time_dim=128,
+            activation="relu",
+            time_embedding="raw",
+            residual=False,
+            fourier_features=0,
+        ),
         coupling="independent",
         target="conditional",
         ot_block=256,
@@ -105,16 +118,18 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class RunConfig:
+class RunConfig(StrictConfig):
     """Everything that defines a fm-toy2d run (JSON-safe; see the module docstring).
 
     dataset/grid/dim: the toy data (grid and dim only for ``checkerboard``).
     conditional: train a class-conditional model (labels from ``sample_labeled``).
-    model: ``"fm"`` (flow matching, this module) or ``"nf"`` (normalizing flow, ``fm_toy2d.nf``).
-    net: keyword arguments of ``fm_nets.MLPVelocity`` besides dim and num_classes.
+    model: ``"fm"`` (flow matching, :mod:`fm_toy2d.training`) or ``"nf"`` (normalizing flow, ``fm_toy2d.nf``).
+    net: keyword arguments of ``fm_nets.MLPVelocity`` besides dim and num_classes (nf: of ``build_flow``).
     coupling: ``"independent"`` or ``"ot"`` (exact OT inside blocks of ``ot_block`` points,
         within each class when conditional). time: the training-time sampler.
-    steps or minutes: the budget (exactly one). solver/nfe: the default sampler of the run.
+    steps or minutes, batch_size, lr, weight_decay, schedule, warmup_steps, grad_clip, ema_decay,
+        seed, device: the training loop's settings, handed to fm-train by :meth:`train_config`
+        (which also checks them). solver/nfe: the default sampler of the run.
     """
 
     dataset: str = "checkerboard"
@@ -143,9 +158,6 @@ class RunConfig:
     solver: str = "midpoint"
     nfe: int = 8
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     # ------------------------------------------------------------------ derived
     @property
     def data_kwargs(self) -> dict[str, Any]:
@@ -156,75 +168,57 @@ class RunConfig:
     def data_dim(self) -> int:
         return self.dim if self.dataset == "checkerboard" else 2
 
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        """fm-train's TrainConfig of the run (AdamW, schedule, EMA, budget, device; a loss row every
+        50 steps, a checkpoint every 2 minutes): the one place the training fields meet fm-train.
+        ``overrides`` (``progress``, ``sample_every``, ...) are TrainConfig fields."""
+        fields: dict[str, Any] = dict(
+            steps=self.steps, minutes=self.minutes, batch_size=self.batch_size, lr=self.lr,
+            weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, schedule=self.schedule,
+            grad_clip=self.grad_clip, ema_decay=self.ema_decay, seed=self.seed, device=self.device,
+            log_every=50, ckpt_every=None, ckpt_minutes=2.0,
+        )  # fmt: skip
+        fields.update(overrides)
+        try:
+            return TrainConfig(**fields)
+        except ValueError as e:  # name the field as this config does
+            raise ValueError(str(e).replace(TrainConfig._field_prefix, "")) from None
+
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ValueError naming the first bad field, its value and what is allowed."""
-
-        def bad(name: str, allowed: str) -> ValueError:
-            return ValueError(f"{name}={getattr(self, name)!r} is invalid: must be {allowed}")
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        if self.dataset not in TOY_DATASETS:
-            raise bad("dataset", f"one of {', '.join(TOY_DATASETS)}")
-        if self.model not in MODELS:
-            raise bad("model", f"one of {', '.join(MODELS)}")
-        if self.recipe not in RECIPE_NAMES:
-            raise bad("recipe", f"one of {', '.join(RECIPE_NAMES)}")
-        if not is_int(self.grid) or self.grid < 1:
-            raise bad("grid", "an integer >= 1")
-        if not is_int(self.dim) or self.dim < 1:
-            raise bad("dim", "an integer >= 1")
+        self._check_choice("dataset", TOY_DATASETS)
+        self._check_choice("model", MODELS)
+        self._check_choice("recipe", RECIPE_NAMES)
+        self._check_int("grid", 1)
+        self._check_int("dim", 1)
         if self.dataset != "checkerboard" and self.dim != 2:
-            raise bad("dim", f"2 for {self.dataset} (only checkerboard has a --dim)")
-        if self.coupling not in COUPLINGS:
-            raise bad("coupling", f"one of {', '.join(COUPLINGS)}")
-        if self.target not in TARGETS:
-            raise bad("target", f"one of {', '.join(TARGETS)}")
+            raise self._invalid("dim", f"2 for {self.dataset} (only checkerboard has a --dim)")
+        self._check_bool("conditional")
+        self._check_choice("coupling", COUPLINGS)
+        self._check_choice("target", TARGETS)
         if self.target == "batch-marginal" and self.coupling != "independent":
-            raise ValueError(f"target='batch-marginal' needs coupling='independent' (got coupling={self.coupling!r}); "
-                             "with OT coupling use target='conditional'")
-        if self.time not in TIMES:
-            raise bad("time", f"one of {', '.join(TIMES)}")
-        if not is_int(self.ot_block) or self.ot_block < 2:
-            raise bad("ot_block", "an integer >= 2")
-        if self.steps is not None and self.minutes is not None:
-            raise ValueError(f"give steps or minutes, not both (steps={self.steps!r}, minutes={self.minutes!r})")
-        if self.steps is not None and (not is_int(self.steps) or self.steps < 1):
-            raise bad("steps", "a positive integer")
-        if self.minutes is not None and not (isinstance(self.minutes, (int, float)) and math.isfinite(self.minutes) and self.minutes > 0):
-            raise bad("minutes", "a positive number")
-        if not is_int(self.batch_size) or self.batch_size < 2:
-            raise bad("batch_size", "an integer >= 2")
-        if not is_int(self.seed) or self.seed < 0:
-            raise bad("seed", "an integer >= 0")
-        if self.solver not in SOLVERS:
-            raise bad("solver", f"one of {', '.join(SOLVERS)}")
-        if not is_int(self.nfe) or self.nfe < 1:
-            raise bad("nfe", "a positive integer")
-        if not (isinstance(self.input_scale, (int, float)) and not isinstance(self.input_scale, bool)
-                and math.isfinite(self.input_scale) and self.input_scale > 0):
-            raise bad("input_scale", "a positive number")
+            raise ValueError(
+                f"target='batch-marginal' needs coupling='independent' (got coupling={self.coupling!r}); "
+                "with OT coupling use target='conditional'"
+            )
+        self._check_choice("time", TIMES)
+        self._check_int("ot_block", 2)
+        self._check_int("batch_size", 2)  # fm-train allows 1; a batch-marginal target needs a batch
+        self._check_choice("solver", SOLVERS)
+        self._check_int("nfe", 1)
+        self._check_real("input_scale", 0, low_open=True, allowed="a positive number")
         if not isinstance(self.net, dict):
-            raise bad("net", "a dict of MLPVelocity keyword arguments")
-
-    # ------------------------------------------------------------------ JSON
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+            raise self._invalid("net", "a dict of MLPVelocity keyword arguments")
+        self.train_config()  # steps/minutes, lr, schedule, EMA, seed, device: fm-train's checks
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
-        """Rebuild from ``to_dict()`` output; unknown keys are an error naming them."""
-        if not isinstance(data, dict):
-            raise ValueError(f"a run config must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown run config key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        if "target" not in data:  # runs written before the field existed used the conditional target
+    def from_dict(cls, data: Any) -> RunConfig:
+        """Rebuild from ``to_dict()`` output; unknown keys are an error naming them. Runs written
+        before ``target`` existed used the conditional target."""
+        if isinstance(data, dict) and "target" not in data:
             data = {**data, "target": "conditional"}
-        return cls(**data)
+        return super().from_dict(data)
 
 
 def make_config(dataset: str = "checkerboard", recipe: str = "default", **overrides: Any) -> RunConfig:

@@ -7,7 +7,9 @@ All metrics compare with HELD-OUT data: drawn from a generator seeded with
 * :func:`sample_quality`: the dataset's own quality numbers (fm_eval.metrics2d):
   checkerboard -> in_support, min/max_cell_ratio; olympic-rings -> in_support, ring ratios and,
   with labels, on_own_ring (overall, per label and the worst label).
-* :func:`evaluate`: energy distance, W2 on a subsample, the quality above, and the exact NLL
+* :func:`sample_metrics`: energy distance, W2 on a subsample and the quality above, of any samples
+  (flow-matching and nf runs alike).
+* :func:`evaluate`: :func:`sample_metrics` of a flow-matching run's samples and the exact NLL
   (fm_core.log_likelihood, dopri5, exact divergence) with the true entropy and the gap.
 * :func:`nfe_sweep`: quality for each fixed-step solver at several NFE ("time quantization").
 * :func:`reversibility`: encode data to noise (t = 1 -> 0) and decode back; reconstruction error
@@ -17,18 +19,18 @@ All metrics compare with HELD-OUT data: drawn from a generator seeded with
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from fm_cli import progress, progress_enabled
+from fm_core import solve_ode
 from fm_core.likelihood import log_likelihood
 from fm_eval.metrics2d import checkerboard_quality, energy_distance, rings_quality, wasserstein2
 
 from .config import SOLVERS, RunConfig
-from .sampling import decode, encode, sample_points, steps_for
-from .training import FlowRun, write_json
+from .training import FlowRun
 
 __all__ = [
     "HELDOUT_OFFSET",
@@ -39,8 +41,9 @@ __all__ = [
     "likelihood",
     "nfe_sweep",
     "reversibility",
+    "sample_metrics",
     "sample_quality",
-    "update_metrics",
+    "true_entropy",
 ]
 
 #: Held-out data use the seed ``cfg.seed + HELDOUT_OFFSET``; sampling noise ``cfg.seed + SAMPLE_OFFSET``.
@@ -84,14 +87,16 @@ def headline(q: dict[str, Any]) -> str:
     return ""
 
 
-def likelihood(run: FlowRun, n: int = 2000, *, batch: int = 1000, atol: float = 1e-5, rtol: float = 1e-5) -> dict[str, Any]:
+def likelihood(
+    run: FlowRun, n: int = 2000, *, batch: int = 1000, atol: float = 1e-5, rtol: float = 1e-5, quiet: bool = True
+) -> dict[str, Any]:
     """Exact NLL (nats per point) of n held-out points: fm_core.log_likelihood with dopri5 and the
     exact divergence. Conditional runs give log p(x | y) with the true labels, compared with the
-    conditional entropy H(X | Y) where known."""
+    conditional entropy H(X | Y) where known. A progress bar unless ``quiet``."""
     cfg, dist = run.config, run.dist
     x, y = heldout_data(cfg, dist, n)
     logps, nfe = [], 0
-    for start in range(0, n, batch):
+    for start in progress(range(0, n, batch), desc="likelihood", unit="batch", quiet=quiet):
         xb = x[start : start + batch].to(run.device)
         yb = None if y is None else y[start : start + batch].to(run.device)
         res = log_likelihood(run.velocity, xb, y=yb, method="dopri5", atol=atol, rtol=rtol, divergence="exact")
@@ -111,7 +116,7 @@ def likelihood(run: FlowRun, n: int = 2000, *, batch: int = 1000, atol: float = 
 
 def nll_summary(nll: Tensor, n: int, cfg: RunConfig, dist) -> dict[str, Any]:
     """Mean, standard error, entropy and gap of per-point NLLs (nats); shared by flow-matching and nf runs."""
-    entropy = _entropy(cfg, dist)
+    entropy = true_entropy(cfg, dist)
     mean = float(nll.mean())
     return {
         "mean": mean,
@@ -123,7 +128,7 @@ def nll_summary(nll: Tensor, n: int, cfg: RunConfig, dist) -> dict[str, Any]:
     }
 
 
-def _entropy(cfg: RunConfig, dist) -> float | None:
+def true_entropy(cfg: RunConfig, dist) -> float | None:
     """True entropy H(X) (unconditional) or H(X | Y) (conditional) in nats, where known."""
     if not cfg.conditional:
         try:
@@ -137,6 +142,22 @@ def _entropy(cfg: RunConfig, dist) -> float | None:
     return None
 
 
+def sample_metrics(
+    cfg: RunConfig, dist, x: Tensor, y: Tensor | None, *, w2_n: int = 2000, ed_n: int = 5000
+) -> dict[str, Any]:
+    """Samples x [n, D] (labels y) against n held-out points: energy distance on up to ``ed_n``
+    points per side, W2 (exact assignment) on ``w2_n``, and the dataset's quality."""
+    n = len(x)
+    data, _ = heldout_data(cfg, dist, n)
+    return {
+        "energy_distance": energy_distance(x, data, max_n=ed_n, generator=0),
+        "energy_distance_n": min(n, ed_n),
+        "w2": wasserstein2(x, data, max_n=w2_n, generator=0),
+        "w2_n": min(n, w2_n),
+        "quality": sample_quality(cfg, x, y),
+    }
+
+
 def evaluate(
     run: FlowRun,
     *,
@@ -148,35 +169,37 @@ def evaluate(
     w2_n: int = 2000,
     ed_n: int = 5000,
     nll: bool = True,
+    quiet: bool = True,
 ) -> dict[str, Any]:
     """Sample n points with (solver, nfe) (default: the run's) and compare with n held-out points.
 
-    Returns {"samples": {...}, "energy_distance", "w2", "quality": {...}, "nll": {...}}: energy
-    distance on up to ``ed_n`` points per side, W2 (exact assignment) on ``w2_n`` points.
+    Returns {"step", "samples": {...}, "energy_distance", "w2", "quality": {...}, "nll": {...}}
+    (:func:`sample_metrics`, :func:`likelihood`). Progress bars unless ``quiet``.
     """
     cfg = run.config
     solver = solver or cfg.solver
     nfe = nfe if nfe is not None else (cfg.nfe if solver in SOLVERS else None)
     seed = cfg.seed + SAMPLE_OFFSET if seed is None else seed
-    s = sample_points(run.velocity, n, cfg.data_dim, solver=solver, steps=steps_for(solver, nfe),
-                      num_classes=run.num_classes, seed=seed, device=run.device)
-    data, _ = heldout_data(cfg, run.dist, n)
+    s = run.sample(n, seed=seed, solver=solver, nfe=nfe, progress=progress_enabled(quiet))
     out: dict[str, Any] = {
         "step": run.step,
         "samples": {"n": n, "solver": solver, "nfe": s.nfe, "seed": seed},
-        "energy_distance": energy_distance(s.x, data, max_n=ed_n, generator=0),
-        "energy_distance_n": min(n, ed_n),
-        "w2": wasserstein2(s.x, data, max_n=w2_n, generator=0),
-        "w2_n": min(n, w2_n),
-        "quality": sample_quality(cfg, s.x, s.y),
+        **sample_metrics(cfg, run.dist, s.x, s.labels, w2_n=w2_n, ed_n=ed_n),
     }
     if nll:
-        out["nll"] = likelihood(run, n_nll)
+        out["nll"] = likelihood(run, n_nll, quiet=quiet)
     return out
 
 
-def nfe_sweep(run: FlowRun, *, n: int = 5000, nfes: tuple[int, ...] = NFE_GRID, solvers: tuple[str, ...] = SOLVERS,
-              seed: int | None = None, keep: int = 0) -> tuple[list[dict[str, Any]], dict[tuple[str, int], Tensor]]:
+def nfe_sweep(
+    run: FlowRun,
+    *,
+    n: int = 5000,
+    nfes: tuple[int, ...] = NFE_GRID,
+    solvers: tuple[str, ...] = SOLVERS,
+    seed: int | None = None,
+    keep: int = 0,
+) -> tuple[list[dict[str, Any]], dict[tuple[str, int], Tensor]]:
     """Quality of every fixed-step solver at every NFE in ``nfes``, all from the same noise.
 
     Returns (rows, samples): rows are {"solver", "nfe", "energy_distance", **quality}; samples maps
@@ -188,18 +211,21 @@ def nfe_sweep(run: FlowRun, *, n: int = 5000, nfes: tuple[int, ...] = NFE_GRID, 
     rows, kept = [], {}
     for solver in solvers:
         for k in nfes:
-            s = sample_points(run.velocity, n, cfg.data_dim, solver=solver, steps=steps_for(solver, k),
-                              num_classes=run.num_classes, seed=seed, device=run.device)
-            q = sample_quality(cfg, s.x, s.y)
+            s = run.sample(n, seed=seed, solver=solver, nfe=k)
+            q = sample_quality(cfg, s.x, s.labels)
             row = {"solver": solver, "nfe": k, "energy_distance": energy_distance(s.x, data, max_n=2000, generator=0)}
-            row.update({key: q[key] for key in ("in_support", "min_cell_ratio", "on_own_ring", "on_own_ring_min") if key in q})
+            row.update(
+                {key: q[key] for key in ("in_support", "min_cell_ratio", "on_own_ring", "on_own_ring_min") if key in q}
+            )
             rows.append(row)
             if keep:
                 kept[(solver, k)] = s.x[:keep]
     return rows, kept
 
 
-def reversibility(run: FlowRun, *, n: int = 2000, solver: str = "rk4", steps: int = 50) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def reversibility(
+    run: FlowRun, *, n: int = 2000, solver: str = "rk4", steps: int = 50
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """Encode n held-out points to noise (t = 1 -> 0) and decode them back (0 -> 1).
 
     Returns (metrics, arrays): reconstruction error (mean / max Euclidean distance, relative to the
@@ -209,8 +235,11 @@ def reversibility(run: FlowRun, *, n: int = 2000, solver: str = "rk4", steps: in
     """
     cfg = run.config
     x, y = heldout_data(cfg, run.dist, n)
-    z, nfe_enc = encode(run.velocity, x, y, solver=solver, steps=steps, device=run.device)
-    x_rec, nfe_dec = decode(run.velocity, z, y, solver=solver, steps=steps, device=run.device)
+    yd = None if y is None else y.to(run.device)
+    with torch.no_grad():
+        enc = solve_ode(run.velocity, x.to(run.device), method=solver, steps=steps, t0=1.0, t1=0.0, y=yd)
+        dec = solve_ode(run.velocity, enc.x, method=solver, steps=steps, t0=0.0, t1=1.0, y=yd)
+    z, x_rec, nfe_enc, nfe_dec = enc.x.float().cpu(), dec.x.float().cpu(), enc.nfe, dec.nfe
     err = (x_rec - x).norm(dim=1)
     g = torch.Generator().manual_seed(heldout_seed(cfg.seed) + 1)
     fresh_a, fresh_b = torch.randn(n, cfg.data_dim, generator=g), torch.randn(n, cfg.data_dim, generator=g)
@@ -231,18 +260,3 @@ def reversibility(run: FlowRun, *, n: int = 2000, solver: str = "rk4", steps: in
         "gaussian_energy_distance_floor": energy_distance(fresh_b, fresh_a),
     }
     return metrics, {"x": x, "z": z, "x_rec": x_rec, "y": y}
-
-
-def update_metrics(run_dir: str | Path, new: dict[str, Any]) -> Path:
-    """Merge ``new`` into RUN/metrics.json (keys replaced, others kept), written atomically."""
-    import json
-
-    path = Path(run_dir) / "metrics.json"
-    data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, OSError):
-            data = {}
-    data.update(new)
-    return write_json(path, data)

@@ -9,8 +9,9 @@ their first two coordinates.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -36,8 +37,16 @@ def _robust_extent(p: np.ndarray, q: float = 0.5) -> Extent:
     return (float(mid[0] - half), float(mid[0] + half), float(mid[1] - half), float(mid[1] + half))
 
 
-def plot_layers(path: Path, points: Any, names: Sequence[str], *, labels: Any = None, data_extent: Extent | None = None,
-                title: str = "", cols: int = 8) -> Path:
+def plot_layers(
+    path: Path,
+    points: Any,
+    names: Sequence[str],
+    *,
+    labels: Any = None,
+    data_extent: Extent | None = None,
+    title: str = "",
+    cols: int = 8,
+) -> Path:
     """Points carried through a flow one layer at a time: ``points [L + 1, n, D]`` with ``points[0]``
     the input (noise) and ``points[i]`` the output of layer ``names[i - 1]``; one panel per stage.
 
@@ -72,8 +81,14 @@ def plot_layers(path: Path, points: Any, names: Sequence[str], *, labels: Any = 
     return _save(fig, path, dpi=100)
 
 
-def plot_nll_terms(path: Path, history: dict[str, list[float]], *, entropy: float | None = None,
-                   conditional: bool = False, title: str = "") -> Path:
+def plot_nll_terms(
+    path: Path,
+    history: dict[str, list[float]],
+    *,
+    entropy: float | None = None,
+    conditional: bool = False,
+    title: str = "",
+) -> Path:
     """The maximum-likelihood loss over training, ``-log p(x) = -log N(z; 0, I) - log|det dz/dx|``,
     and its two terms (means over each logging window, nats per point)."""
     steps = np.asarray(history["step"])
@@ -84,8 +99,13 @@ def plot_nll_terms(path: Path, history: dict[str, list[float]], *, entropy: floa
     ax.plot(steps, -base, color="#1f77b4", lw=1.3, label="-log N(z; 0, I)  (base term)")
     ax.plot(steps, -logdet, color="#d62728", lw=1.3, label="-log|det dz/dx|  (volume term)")
     if entropy is not None:
-        ax.axhline(entropy, color="grey", ls=":", lw=1.2,
-                   label=f"true entropy {'H(X | Y)' if conditional else 'H(X)'} = {entropy:.3f}")
+        ax.axhline(
+            entropy,
+            color="grey",
+            ls=":",
+            lw=1.2,
+            label=f"true entropy {'H(X | Y)' if conditional else 'H(X)'} = {entropy:.3f}",
+        )
     ax.axhline(0, color="grey", lw=0.5)
     lo = min(float(np.percentile(-logdet, 2)), float(np.percentile(nll, 2)), 0.0)
     hi = max(float(np.percentile(-base, 98)), float(np.percentile(nll, 98)))
@@ -98,8 +118,16 @@ def plot_nll_terms(path: Path, history: dict[str, list[float]], *, entropy: floa
     return _save(fig, path)
 
 
-def plot_density(path: Path, gx: np.ndarray, gy: np.ndarray, panels: list[tuple[str, Any]], extent: Extent, *,
-                 title: str = "", cols: int = 4) -> Path:
+def plot_density(
+    path: Path,
+    gx: np.ndarray,
+    gy: np.ndarray,
+    panels: list[tuple[str, Any]],
+    extent: Extent,
+    *,
+    title: str = "",
+    cols: int = 4,
+) -> Path:
     """Densities on a grid as heat maps: ``panels`` = [(title, values [k, k])] with values at
     (gx, gy) (``np.meshgrid`` layout). Each panel has its own colour scale (0 to its 99.5 %)."""
     cols = min(cols, len(panels))
@@ -112,8 +140,15 @@ def plot_density(path: Path, gx: np.ndarray, gy: np.ndarray, panels: list[tuple[
         head, values = panels[i]
         v = np.nan_to_num(_np(values).astype(np.float64), nan=0.0, posinf=0.0)
         vmax = float(np.percentile(v, 99.5)) or float(v.max()) or 1.0
-        ax.imshow(v, origin="lower", extent=(gx.min(), gx.max(), gy.min(), gy.max()), cmap="magma", vmin=0.0,
-                  vmax=vmax, interpolation="bilinear")
+        ax.imshow(
+            v,
+            origin="lower",
+            extent=(gx.min(), gx.max(), gy.min(), gy.max()),
+            cmap="magma",
+            vmin=0.0,
+            vmax=vmax,
+            interpolation="bilinear",
+        )
         _square(ax, extent)
         ax.set_title(head, fontsize=9)
     fig.suptitle(title or "density", fontsize=11)

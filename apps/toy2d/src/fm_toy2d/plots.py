@@ -8,8 +8,9 @@ two dimensions are shown by their first two coordinates.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -59,7 +60,14 @@ def _square(ax, extent: Extent) -> None:
 
 def _hist(ax, x: np.ndarray, extent: Extent, bins: int = 160, cmap: str = "magma") -> None:
     h, _, _ = np.histogram2d(x[:, 0], x[:, 1], bins=bins, range=[extent[:2], extent[2:]])
-    ax.imshow(h.T, origin="lower", extent=extent, cmap=cmap, interpolation="nearest", vmax=np.percentile(h[h > 0], 99) if (h > 0).any() else None)
+    ax.imshow(
+        h.T,
+        origin="lower",
+        extent=extent,
+        cmap=cmap,
+        interpolation="nearest",
+        vmax=np.percentile(h[h > 0], 99) if (h > 0).any() else None,
+    )
 
 
 def _label_colors(y: np.ndarray | None, n: int):
@@ -70,8 +78,9 @@ def _label_colors(y: np.ndarray | None, n: int):
     return cmap((y % 10) / 9.0 if k <= 10 else y / max(k, 1))
 
 
-def plot_samples(path: Path, data: Any, samples: Any, extent: Extent, *, title: str = "", subtitle: str = "",
-                 labels: Any = None) -> Path:
+def plot_samples(
+    path: Path, data: Any, samples: Any, extent: Extent, *, title: str = "", subtitle: str = "", labels: Any = None
+) -> Path:
     """Held-out data and model samples as 2D histograms side by side (and, with labels, the samples
     coloured by their label)."""
     data, samples = _np(data), _np(samples)
@@ -92,8 +101,9 @@ def plot_samples(path: Path, data: Any, samples: Any, extent: Extent, *, title: 
     return _save(fig, path)
 
 
-def plot_trajectories(path: Path, traj: Any, times: Any, extent: Extent, *, data: Any = None, labels: Any = None,
-                      title: str = "") -> Path:
+def plot_trajectories(
+    path: Path, traj: Any, times: Any, extent: Extent, *, data: Any = None, labels: Any = None, title: str = ""
+) -> Path:
     """Paths of points from noise (t = 0, black dots) to data (t = 1, coloured dots); the line colour
     follows t (viridis). traj [T, N, D]."""
     traj, times = _np(traj), _np(times)
@@ -109,7 +119,14 @@ def plot_trajectories(path: Path, traj: Any, times: Any, extent: Extent, *, data
     ax.add_collection(lc)
     ax.scatter(traj[0, :, 0], traj[0, :, 1], s=4, c="black", label="noise, t = 0", zorder=3)
     end_c = _label_colors(None if labels is None else _np(labels), n)
-    ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=6, c=end_c if labels is not None else "#e4572e", label="sample, t = 1", zorder=4)
+    ax.scatter(
+        traj[-1, :, 0],
+        traj[-1, :, 1],
+        s=6,
+        c=end_c if labels is not None else "#e4572e",
+        label="sample, t = 1",
+        zorder=4,
+    )
     cb = fig.colorbar(lc, ax=ax, fraction=0.04, pad=0.02)
     cb.set_label("t")
     _square(ax, extent)
@@ -123,19 +140,41 @@ def _grid(extent: Extent, k: int = 25) -> tuple[np.ndarray, np.ndarray]:
     return gx, gy
 
 
-def velocity_gif(path: Path, velocity_on_grid: Callable[[float], np.ndarray], particles: Any, times: Any, extent: Extent,
-                 *, grid: tuple[np.ndarray, np.ndarray], labels: Any = None, title: str = "", fps: int = 8) -> Path:
+def velocity_gif(
+    path: Path,
+    velocity_on_grid: Callable[[float], np.ndarray],
+    particles: Any,
+    times: Any,
+    extent: Extent,
+    *,
+    grid: tuple[np.ndarray, np.ndarray],
+    labels: Any = None,
+    title: str = "",
+    fps: int = 8,
+) -> Path:
     """Animated GIF: at each time of ``times`` the velocity field on ``grid`` (arrows coloured by
     speed, ``velocity_on_grid(t) -> [k*k, 2]``) and the particles [T, N, 2] moving along it."""
     particles, times = _np(particles), _np(times)
     gx, gy = grid
     fields = [velocity_on_grid(float(t)) for t in times]
     speed_max = max(float(np.linalg.norm(f, axis=1).max()) for f in fields) or 1.0
-    colors = _label_colors(None if labels is None else _np(labels), particles.shape[1]) if labels is not None else "#e4572e"
+    colors = (
+        _label_colors(None if labels is None else _np(labels), particles.shape[1]) if labels is not None else "#e4572e"
+    )
     fig, ax = plt.subplots(figsize=(5.6, 5.6))
     f0 = fields[0]
-    q = ax.quiver(gx, gy, f0[:, 0].reshape(gx.shape), f0[:, 1].reshape(gx.shape), np.linalg.norm(f0, axis=1),
-                  cmap="Blues", clim=(0, speed_max), scale=speed_max * 22, width=0.004, alpha=0.9)
+    q = ax.quiver(
+        gx,
+        gy,
+        f0[:, 0].reshape(gx.shape),
+        f0[:, 1].reshape(gx.shape),
+        np.linalg.norm(f0, axis=1),
+        cmap="Blues",
+        clim=(0, speed_max),
+        scale=speed_max * 22,
+        width=0.004,
+        alpha=0.9,
+    )
     sc = ax.scatter(particles[0, :, 0], particles[0, :, 1], s=3, c=colors, linewidths=0, zorder=3)
     _square(ax, extent)
     head = ax.set_title("")
@@ -156,20 +195,38 @@ def velocity_gif(path: Path, velocity_on_grid: Callable[[float], np.ndarray], pa
     return path
 
 
-def plot_velocity_snapshots(path: Path, velocity_on_grid: Callable[[float], np.ndarray], particles: Any, times: Any,
-                            extent: Extent, *, grid: tuple[np.ndarray, np.ndarray], show: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
-                            labels: Any = None) -> Path:
+def plot_velocity_snapshots(
+    path: Path,
+    velocity_on_grid: Callable[[float], np.ndarray],
+    particles: Any,
+    times: Any,
+    extent: Extent,
+    *,
+    grid: tuple[np.ndarray, np.ndarray],
+    show: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    labels: Any = None,
+) -> Path:
     """The GIF's frames nearest to the times in ``show``, side by side (a still for READMEs)."""
     particles, times = _np(particles), _np(times)
     gx, gy = grid
     fig, axes = plt.subplots(1, len(show), figsize=(3.3 * len(show), 3.6))
-    colors = _label_colors(None if labels is None else _np(labels), particles.shape[1]) if labels is not None else "#e4572e"
+    colors = (
+        _label_colors(None if labels is None else _np(labels), particles.shape[1]) if labels is not None else "#e4572e"
+    )
     for ax, t in zip(axes, show):
         i = int(np.argmin(np.abs(times - t)))
         f = velocity_on_grid(float(times[i]))
         sp = np.linalg.norm(f, axis=1)
-        ax.quiver(gx, gy, f[:, 0].reshape(gx.shape), f[:, 1].reshape(gx.shape), sp, cmap="Blues",
-                  scale=(sp.max() or 1.0) * 22, width=0.005)
+        ax.quiver(
+            gx,
+            gy,
+            f[:, 0].reshape(gx.shape),
+            f[:, 1].reshape(gx.shape),
+            sp,
+            cmap="Blues",
+            scale=(sp.max() or 1.0) * 22,
+            width=0.005,
+        )
         ax.scatter(particles[i, :, 0], particles[i, :, 1], s=1.5, c=colors, linewidths=0, zorder=3)
         _square(ax, extent)
         ax.set_title(f"t = {times[i]:.2f}")
@@ -196,8 +253,15 @@ def plot_loss(path: Path, history: dict[str, list[float]], *, title: str = "") -
     return _save(fig, path)
 
 
-def plot_nfe_quality(path: Path, rows: list[dict[str, Any]], *, quality_key: str | None, quality_label: str = "",
-                     target: float | None = None, title: str = "") -> Path:
+def plot_nfe_quality(
+    path: Path,
+    rows: list[dict[str, Any]],
+    *,
+    quality_key: str | None,
+    quality_label: str = "",
+    target: float | None = None,
+    title: str = "",
+) -> Path:
     """Quality against NFE for each solver: the dataset's quality (left, when there is one) and the
     energy distance to held-out data (right, log scale)."""
     solvers = list(dict.fromkeys(r["solver"] for r in rows))
@@ -208,7 +272,9 @@ def plot_nfe_quality(path: Path, rows: list[dict[str, Any]], *, quality_key: str
     for ax, (key, label, log) in zip(axes[0], panels):
         for s in solvers:
             rs = [r for r in rows if r["solver"] == s and r.get(key) is not None]
-            ax.plot([r["nfe"] for r in rs], [r[key] for r in rs], "o-", color=SOLVER_COLORS.get(s), label=s, lw=1.6, ms=4)
+            ax.plot(
+                [r["nfe"] for r in rs], [r[key] for r in rs], "o-", color=SOLVER_COLORS.get(s), label=s, lw=1.6, ms=4
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({r["nfe"] for r in rows}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -224,8 +290,14 @@ def plot_nfe_quality(path: Path, rows: list[dict[str, Any]], *, quality_key: str
     return _save(fig, path)
 
 
-def plot_nfe_grid(path: Path, samples: dict[tuple[str, int], Any], extent: Extent, *, title: str = "",
-                  annotate: dict[tuple[str, int], str] | None = None) -> Path:
+def plot_nfe_grid(
+    path: Path,
+    samples: dict[tuple[str, int], Any],
+    extent: Extent,
+    *,
+    title: str = "",
+    annotate: dict[tuple[str, int], str] | None = None,
+) -> Path:
     """Samples of each solver (rows) at each NFE (columns)."""
     solvers = list(dict.fromkeys(k[0] for k in samples))
     nfes = sorted({k[1] for k in samples})
@@ -242,8 +314,14 @@ def plot_nfe_grid(path: Path, samples: dict[tuple[str, int], Any], extent: Exten
             if j == 0:
                 ax.set_ylabel(s, fontsize=10)
             if annotate and (s, k) in annotate:
-                ax.text(0.02, 0.02, annotate[(s, k)], transform=ax.transAxes, fontsize=7,
-                        bbox=dict(facecolor="white", alpha=0.75, lw=0, pad=1))
+                ax.text(
+                    0.02,
+                    0.02,
+                    annotate[(s, k)],
+                    transform=ax.transAxes,
+                    fontsize=7,
+                    bbox=dict(facecolor="white", alpha=0.75, lw=0, pad=1),
+                )
     fig.suptitle(title or "samples per solver (rows) and NFE (columns)", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)

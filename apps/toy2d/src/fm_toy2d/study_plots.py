@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .study import median_steps  # noqa: E402
+from fm_eval.stats import median_steps  # noqa: E402
 
 __all__ = ["plot_all", "FIGURES"]
 
@@ -109,8 +109,12 @@ def plot_all(res: list, cfg, members: dict, fits: dict[str, Any], out: Path) -> 
     if cells:
         ax.set_xticks(cells, [str(c) for c in cells])
         ax.minorticks_off()
-    _finish(ax, f"2D checkerboards, grid {','.join(map(str, cfg.grids))}\n{target}", "filled cells (modes), log scale",
-            empty=not cells)
+    _finish(
+        ax,
+        f"2D checkerboards, grid {','.join(map(str, cfg.grids))}\n{target}",
+        "filled cells (modes), log scale",
+        empty=not cells,
+    )
     paths.append(_save(fig, out / FIGURES[0]))
 
     # 2. dimension (grid 2)
@@ -125,14 +129,24 @@ def plot_all(res: list, cfg, members: dict, fits: dict[str, Any], out: Path) -> 
         reached = [o for o in runs if o.reached]
         if fit and reached:  # drawn over the settings it was fitted on, not extrapolated
             ds = np.linspace(min(o.dim for o in reached), max(o.dim for o in reached), 50)
-            ax.plot(ds, np.exp(fit["intercept"] + fit["coef"][0] * np.log(2.0 ** (ds - 1))), "--", color=COLORS.get(r, "k"), lw=1)
+            ax.plot(
+                ds,
+                np.exp(fit["intercept"] + fit["coef"][0] * np.log(2.0 ** (ds - 1))),
+                "--",
+                color=COLORS.get(r, "k"),
+                lw=1,
+            )
     _cap_lines(ax, cfg, recipes)
     _legend_censored(ax)
     dims = sorted({o.dim for o in res if (o.grid, o.dim) in members["dims"]})
     if dims:
         ax.set_xticks(dims, [f"{d}\n({2 ** (d - 1)})" for d in dims])
-    _finish(ax, f"grid-2 checkerboards in D dimensions (2^(D-1) filled cells)\n{target}", "dimension D (filled cells)",
-            empty=not dims)
+    _finish(
+        ax,
+        f"grid-2 checkerboards in D dimensions (2^(D-1) filled cells)\n{target}",
+        "dimension D (filled cells)",
+        empty=not dims,
+    )
     if not dims:
         ax.set_xlim(1, 9)
     paths.append(_save(fig, out / FIGURES[1]))
@@ -146,12 +160,25 @@ def plot_all(res: list, cfg, members: dict, fits: dict[str, Any], out: Path) -> 
             if not runs:
                 continue
             shade = plt.get_cmap("viridis")(i / max(len(grids) - 1, 1) * 0.8)
-            _points(ax, runs, lambda o: o.n_filled, shade, marker=GRID_MARKERS[i % len(GRID_MARKERS)], jitter=0.03,
-                    label=f"grid {g}, D = {','.join(str(d) for d in sorted({o.dim for o in runs}))}")
+            _points(
+                ax,
+                runs,
+                lambda o: o.n_filled,
+                shade,
+                marker=GRID_MARKERS[i % len(GRID_MARKERS)],
+                jitter=0.03,
+                label=f"grid {g}, D = {','.join(str(d) for d in sorted({o.dim for o in runs}))}",
+            )
             for d in sorted({o.dim for o in runs}):  # name each board beside its highest point
                 top = max((o for o in runs if o.dim == d), key=lambda o: o.steps if o.reached else o.censored_at)
-                ax.annotate(f"{g}^{d}", (top.n_filled, top.steps if top.reached else top.censored_at), fontsize=7,
-                            color=shade, xytext=(6, -3), textcoords="offset points")
+                ax.annotate(
+                    f"{g}^{d}",
+                    (top.n_filled, top.steps if top.reached else top.censored_at),
+                    fontsize=7,
+                    color=shade,
+                    xytext=(6, -3),
+                    textcoords="offset points",
+                )
         ax.axhline(cfg.max_steps[r], color="0.4", ls=":", lw=1)
         fit = (fits.get(r) or {}).get("both")
         title = f"recipe {r}: grid and dimension together"

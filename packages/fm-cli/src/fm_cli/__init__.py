@@ -3,21 +3,21 @@ command skeletons (dispatch, ``--version``, one-line errors, exit codes, the tra
 tail), labelled picture grids and GIFs, sample files.
 
 Modules: :mod:`fm_cli.argtypes`, :mod:`fm_cli.flags`, :mod:`fm_cli.app`, :mod:`fm_cli.train`,
-:mod:`fm_cli.pictures`, :mod:`fm_cli.samples`, :mod:`fm_cli.atomic`, :mod:`fm_cli.progress`.
+:mod:`fm_cli.pictures`, :mod:`fm_cli.samples`, :mod:`fm_cli.progress`.
 Importing fm_cli does not import torch (commands import what they need when they run).
 """
 
 from . import argtypes, flags
 from .app import Command, add_version, error, interrupted, one_line, run_cli, subparser
-from .atomic import atomic_file
 from .pictures import LABEL_HEIGHT, grid_array, grid_image, save_gif, save_grid, save_reconstructions
-from .progress import progress
+from .progress import progress, progress_enabled
 from .samples import describe_labels, sample_summary, write_samples
 from .train import (
     RunChoice,
     check_bf16,
     choose_run_dir,
     default_run_dir,
+    nothing_left,
     resume_budget,
     resume_conflicts,
     run_training,
@@ -32,7 +32,6 @@ __all__ = [
     "RunChoice",
     "add_version",
     "argtypes",
-    "atomic_file",
     "check_bf16",
     "choose_run_dir",
     "default_run_dir",
@@ -42,8 +41,10 @@ __all__ = [
     "grid_array",
     "grid_image",
     "interrupted",
+    "nothing_left",
     "one_line",
     "progress",
+    "progress_enabled",
     "resume_budget",
     "resume_conflicts",
     "run_cli",

@@ -177,16 +177,16 @@ def resolve_sampler(
     that is a multiple of its evaluations per step; without ``--nfe`` the run's NFE is rounded
     down to one (at least one step).
     """
-    from fm_core.solvers import ADAPTIVE_METHODS, EVALS_PER_STEP
+    from fm_core.solvers import ADAPTIVE_METHODS, evals_per_step, fit_nfe
 
     solver = solver or run_solver
     if solver in ADAPTIVE_METHODS:
         if nfe is not None:
             parser.error(f"--nfe {nfe} cannot be used with --solver {solver} (an adaptive solver picks its own steps)")
         return solver, None
-    per = EVALS_PER_STEP[solver]
+    per = evals_per_step(solver)
     if nfe is None:
-        return solver, run_nfe if run_nfe % per == 0 else per * max(1, run_nfe // per)
+        return solver, fit_nfe(solver, run_nfe)
     if nfe % per:
         parser.error(f"--nfe {nfe} is not a multiple of {per}, the evaluations per step of {solver}")
     return solver, nfe

@@ -7,7 +7,7 @@ single pixels stay visible: ``(rows (H + gap) + gap) scale`` by ``(ncol (W + gap
 
 With ``labels`` (class ids or names) a black strip of ``LABEL_HEIGHT`` pixels with white text is
 added: one above every row when there is a label per image, one above the first row when there is
-a label per column. Files are written atomically (:func:`fm_cli.atomic.atomic_file`).
+a label per column. Files are written atomically (:func:`fm_train.atomic_file`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-
-from .atomic import atomic_file
 
 __all__ = ["LABEL_HEIGHT", "grid_array", "grid_image", "save_gif", "save_grid", "save_reconstructions"]
 
@@ -111,6 +109,8 @@ def save_grid(
     """Write uint8 images [N, H, W] as one PNG grid (see :func:`grid_image`); returns the path."""
     path = Path(path)
     img = grid_image(images, ncol, labels=labels, scale=scale)
+    from fm_train.checkpoint import atomic_file
+
     with atomic_file(path) as f:
         img.save(f, format="PNG")
     return path
@@ -136,6 +136,8 @@ def save_gif(
     durations = [frame_ms] * len(pics)
     durations[0] = durations[-1] = hold_ms
     path = Path(path)
+    from fm_train.checkpoint import atomic_file
+
     with atomic_file(path) as f:
         pics[0].save(f, format="GIF", save_all=True, append_images=pics[1:], duration=durations, loop=0)
     return path

@@ -9,9 +9,14 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-__all__ = ["progress"]
+__all__ = ["progress", "progress_enabled"]
 
 T = TypeVar("T")
+
+
+def progress_enabled(quiet: bool = False) -> bool:
+    """Whether a progress bar shows: not when ``quiet``, and only when stderr is a terminal."""
+    return not quiet and sys.stderr.isatty()
 
 
 def progress(
@@ -29,5 +34,5 @@ def progress(
         for batch in progress(batches, desc="sampling", unit="batch", quiet=args.quiet):
             ...
     """
-    disable = quiet or not sys.stderr.isatty()
+    disable = not progress_enabled(quiet)
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, delay=delay, leave=False, file=sys.stderr)

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_file
 from .pictures import _numpy, save_gif, save_grid
 
 __all__ = ["describe_labels", "sample_summary", "write_samples"]
@@ -64,6 +63,8 @@ def write_samples(
         arrays[keys[1]] = lab
     if gif is not None and gif_frames is None:
         raise ValueError("gif given without gif_frames (the trajectory [T, G, H, W])")
+    from fm_train.checkpoint import atomic_file
+
     with atomic_file(out) as f:
         np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
     written = [Path(out)]

@@ -22,6 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,6 +36,7 @@ __all__ = [
     "check_bf16",
     "choose_run_dir",
     "default_run_dir",
+    "nothing_left",
     "resume_budget",
     "resume_conflicts",
     "run_training",
@@ -117,15 +119,16 @@ def resume_conflicts(
 ) -> None:
     """Usage error when ``--resume`` is given options that disagree with the stored run.
 
-    ``fields`` maps an argparse dest to the attribute of ``stored`` (the run's config) it sets; a
-    value given (not None) that differs is named with both values. ``fixed`` are dests that cannot
+    ``fields`` maps an argparse dest to the attribute of ``stored`` (the run's config) it sets (a
+    dotted name such as ``"train.lr"`` reaches into a nested config); a value given (not None) that
+    differs is named with both values. ``fixed`` are dests that cannot
     change at all (the network's shape); giving any of them is refused.
     """
     diffs = []
     for dest, field in fields.items():
-        given = getattr(args, dest, None)
-        if given is not None and given != getattr(stored, field):
-            diffs.append(f"--{dest.replace('_', '-')} {given!r} (the run has {getattr(stored, field)!r})")
+        given, have = getattr(args, dest, None), attrgetter(field)(stored)
+        if given is not None and given != have:
+            diffs.append(f"--{dest.replace('_', '-')} {given!r} (the run has {have!r})")
     net_given = [dest for dest in fixed if getattr(args, dest, None) is not None]
     if net_given:
         names = ", ".join(f"--{d.replace('_', '-')}" for d in net_given)
@@ -147,6 +150,36 @@ def resume_budget(
     if not isinstance(section, dict):
         parser.error(f'--out {str(run.out)!r}: {run.out / "config.json"}: bad "train" section: expected a JSON object')
     return section.get("steps"), section.get("minutes")
+
+
+def nothing_left(run: RunChoice, steps: int | None, minutes: float | None) -> str | None:
+    """On ``--resume``: the line to print instead of training when the run's checkpoint has used the
+    budget (``steps`` optimizer steps, or ``minutes`` of training time) already; else None (also
+    when there is no readable checkpoint: training then says what is wrong with it)."""
+    if run.stored is None:
+        return None
+    from fm_train import CheckpointError, find_checkpoint, load_checkpoint, read_json
+
+    try:
+        if steps is not None:
+            found = find_checkpoint(run.out)
+            step = read_json(found / "config.json").get("step") if found is not None else None
+            if isinstance(step, int) and step >= steps:
+                return (
+                    f"{run.out}: the run has trained {step} of {steps} steps; nothing left to do "
+                    "(raise --steps to continue)"
+                )
+        elif minutes is not None:
+            state = load_checkpoint(run.out).train_state or {}
+            seconds = state.get("elapsed")
+            if isinstance(seconds, float) and seconds >= minutes * 60:
+                return (
+                    f"{run.out}: the run has trained {seconds / 60:.2f} of {minutes:g} minutes; nothing left to do "
+                    "(raise --minutes to continue)"
+                )
+    except CheckpointError:
+        return None
+    return None
 
 
 class _ResultLike(Protocol):

@@ -26,7 +26,7 @@ from .loss import FlowMatchingLoss, batch_marginal_target, shard_slice
 from .marginal import EmpiricalMarginalVelocity, gaussian_marginal_velocity
 from .paths import AffinePath, CondOTPath, PathSample
 from .posterior import posterior_mean
-from .sampling import SampleResult, balanced_labels, sample
+from .sampling import SampleResult, balanced_labels, draw_source, sample
 from .schedulers import (
     SCHEDULERS,
     CondOTScheduler,
@@ -61,21 +61,57 @@ __all__ = [
     # the model signature
     "VelocityField",
     # schedulers
-    "SchedulerOutput", "Scheduler", "CondOTScheduler", "CosineScheduler", "VPScheduler",
-    "PolynomialScheduler", "SCHEDULERS", "get_scheduler",
+    "SchedulerOutput",
+    "Scheduler",
+    "CondOTScheduler",
+    "CosineScheduler",
+    "VPScheduler",
+    "PolynomialScheduler",
+    "SCHEDULERS",
+    "get_scheduler",
     # paths
-    "PathSample", "AffinePath", "CondOTPath",
+    "PathSample",
+    "AffinePath",
+    "CondOTPath",
     # time samplers
-    "TimeSampler", "UniformTime", "LogitNormalTime", "StratifiedTime", "TIME_SAMPLERS",
+    "TimeSampler",
+    "UniformTime",
+    "LogitNormalTime",
+    "StratifiedTime",
+    "TIME_SAMPLERS",
     "get_time_sampler",
     # couplings
-    "CoupledBatch", "Coupling", "IndependentCoupling", "ExactOTCoupling", "SinkhornCoupling",
-    "COUPLINGS", "get_coupling", "transport_cost", "squared_distances", "sinkhorn_plan",
+    "CoupledBatch",
+    "Coupling",
+    "IndependentCoupling",
+    "ExactOTCoupling",
+    "SinkhornCoupling",
+    "COUPLINGS",
+    "get_coupling",
+    "transport_cost",
+    "squared_distances",
+    "sinkhorn_plan",
     # loss, guidance, closed-form velocities
-    "FlowMatchingLoss", "batch_marginal_target", "shard_slice", "CFGVelocity", "EmpiricalMarginalVelocity",
-    "gaussian_marginal_velocity", "posterior_mean",
+    "FlowMatchingLoss",
+    "batch_marginal_target",
+    "shard_slice",
+    "CFGVelocity",
+    "EmpiricalMarginalVelocity",
+    "gaussian_marginal_velocity",
+    "posterior_mean",
     # ODE solvers, sampling and likelihood
-    "ODESolution", "solve_ode", "FIXED_METHODS", "ADAPTIVE_METHODS", "steps_for_nfe", "evals_per_step", "fit_nfe",
-    "SampleResult", "sample", "balanced_labels",
-    "LikelihoodResult", "log_likelihood", "bits_per_dim",
+    "ODESolution",
+    "solve_ode",
+    "FIXED_METHODS",
+    "ADAPTIVE_METHODS",
+    "steps_for_nfe",
+    "evals_per_step",
+    "fit_nfe",
+    "SampleResult",
+    "sample",
+    "balanced_labels",
+    "draw_source",
+    "LikelihoodResult",
+    "log_likelihood",
+    "bits_per_dim",
 ]

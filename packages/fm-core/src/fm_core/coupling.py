@@ -49,9 +49,7 @@ class CoupledBatch:
 
 def _check(x0: Tensor, x1: Tensor, y: Tensor | None) -> None:
     if x0.shape != x1.shape:
-        raise ValueError(
-            f"x0 and x1 must have the same shape [B, ...], got {tuple(x0.shape)} and {tuple(x1.shape)}"
-        )
+        raise ValueError(f"x0 and x1 must have the same shape [B, ...], got {tuple(x0.shape)} and {tuple(x1.shape)}")
     if x1.ndim < 1 or x1.shape[0] == 0:
         raise ValueError(f"need a non-empty batch [B, ...], got shape {tuple(x1.shape)}")
     if y is not None and (not torch.is_tensor(y) or y.shape != x1.shape[:1]):
@@ -229,6 +227,10 @@ COUPLINGS = ("independent", "ot", "sinkhorn")
 
 def get_coupling(name: str, **kw) -> Coupling:
     """Build a coupling by name: "independent", "ot" (exact; by_label, block), "sinkhorn" (reg, n_iters)."""
-    table = {"independent": IndependentCoupling, "ot": ExactOTCoupling, "exact-ot": ExactOTCoupling,
-             "sinkhorn": SinkhornCoupling}
+    table = {
+        "independent": IndependentCoupling,
+        "ot": ExactOTCoupling,
+        "exact-ot": ExactOTCoupling,
+        "sinkhorn": SinkhornCoupling,
+    }
     return build_from_registry("coupling", name, table, COUPLINGS, kw)

@@ -92,8 +92,9 @@ def _vjps(v: Tensor, x: Tensor, cotangents: Tensor) -> Tensor:
     """
     if cotangents.shape[0] >= _BATCHED_MIN:
         try:
-            (g,) = torch.autograd.grad(v, x, cotangents, retain_graph=True, is_grads_batched=True,
-                                       materialize_grads=True)
+            (g,) = torch.autograd.grad(
+                v, x, cotangents, retain_graph=True, is_grads_batched=True, materialize_grads=True
+            )
             return g
         except RuntimeError as err:
             if not _is_batching_failure(err):

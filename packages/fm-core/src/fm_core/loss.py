@@ -40,6 +40,7 @@ TARGETS = ("conditional", "batch-marginal")
 #: and the posterior is the point itself; the floor keeps 0 * inf out of the correction term).
 _SIGMA_FLOOR = 1e-6
 
+
 def _draw(kind: str, shape, like: Tensor, generator: torch.Generator | None) -> Tensor:
     """randn/rand of ``shape`` in like's dtype, drawn on the generator's device, put on like's."""
     fn = torch.randn if kind == "randn" else torch.rand
@@ -59,8 +60,10 @@ def shard_slice(batch_size: int, shard: tuple[int, int] | None) -> slice:
     if not (isinstance(rank, int) and isinstance(world, int) and 0 <= rank < world):
         raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
     if batch_size % world:
-        raise ValueError(f"the global batch of {batch_size} does not split evenly over {world} processes: "
-                         f"choose a batch size divisible by {world}")
+        raise ValueError(
+            f"the global batch of {batch_size} does not split evenly over {world} processes: "
+            f"choose a batch size divisible by {world}"
+        )
     n = batch_size // world
     return slice(rank * n, (rank + 1) * n)
 
@@ -113,26 +116,29 @@ class FlowMatchingLoss:
         self.coupling = IndependentCoupling() if coupling is None else coupling
         if not 0.0 <= float(label_dropout) <= 1.0:
             raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout!r}")
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                        or num_classes < 1):
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+        ):
             raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
         if label_dropout > 0 and num_classes is None:
-            raise ValueError(
-                f"label_dropout={label_dropout} needs num_classes (the null label is num_classes)"
-            )
+            raise ValueError(f"label_dropout={label_dropout} needs num_classes (the null label is num_classes)")
         self.label_dropout = float(label_dropout)
         self.num_classes = num_classes
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
         if target == "batch-marginal" and not isinstance(self.coupling, IndependentCoupling):
-            raise ValueError("target='batch-marginal' assumes independent noise and data (the posterior "
-                             f"weights are Gaussian); it cannot be combined with {type(self.coupling).__name__}")
+            raise ValueError(
+                "target='batch-marginal' assumes independent noise and data (the posterior "
+                f"weights are Gaussian); it cannot be combined with {type(self.coupling).__name__}"
+            )
         self.target = target
 
     def __repr__(self) -> str:
-        return (f"FlowMatchingLoss(path={self.path!r}, time_sampler={self.time_sampler!r}, "
-                f"coupling={self.coupling!r}, label_dropout={self.label_dropout}, "
-                f"num_classes={self.num_classes}, target={self.target!r})")
+        return (
+            f"FlowMatchingLoss(path={self.path!r}, time_sampler={self.time_sampler!r}, "
+            f"coupling={self.coupling!r}, label_dropout={self.label_dropout}, "
+            f"num_classes={self.num_classes}, target={self.target!r})"
+        )
 
     def _check_labels(self, y: Tensor | None, b: int) -> None:
         if y is None:
@@ -202,8 +208,14 @@ class FlowMatchingLoss:
 
 
 @torch.no_grad()
-def batch_marginal_target(path: AffinePath, ps, y: Tensor | None = None, dropped: Tensor | None = None,
-                          ref_x1: Tensor | None = None, ref_y: Tensor | None = None) -> Tensor:
+def batch_marginal_target(
+    path: AffinePath,
+    ps,
+    y: Tensor | None = None,
+    dropped: Tensor | None = None,
+    ref_x1: Tensor | None = None,
+    ref_y: Tensor | None = None,
+) -> Tensor:
     """The batch estimate of E[u_t | x_t] for a PathSample ``ps`` drawn with independent coupling.
 
     Reference points are ``ps.x1`` (the batch itself, row i's own x1 included, which keeps the

@@ -70,8 +70,10 @@ class EmpiricalMarginalVelocity(nn.Module):
     ) -> None:
         super().__init__()
         if not torch.is_tensor(data) or data.ndim < 2 or data.shape[0] == 0:
-            raise ValueError(f"data must be a non-empty tensor [N, ...] with N >= 1, got "
-                             f"{tuple(data.shape) if torch.is_tensor(data) else type(data).__name__}")
+            raise ValueError(
+                f"data must be a non-empty tensor [N, ...] with N >= 1, got "
+                f"{tuple(data.shape) if torch.is_tensor(data) else type(data).__name__}"
+            )
         if not data.is_floating_point():
             raise ValueError(f"data must be floating point, got dtype {data.dtype}")
         if not 0.0 <= float(sigma_min) < 1.0:
@@ -92,29 +94,34 @@ class EmpiricalMarginalVelocity(nn.Module):
         self.chunk_size = chunk_size
 
     def extra_repr(self) -> str:
-        return (f"n={self.data.shape[0]}, item_shape={self.item_shape}, sigma_min={self.sigma_min}, "
-                f"t_max={self.t_max}, labelled={self.labels is not None}")
+        return (
+            f"n={self.data.shape[0]}, item_shape={self.item_shape}, sigma_min={self.sigma_min}, "
+            f"t_max={self.t_max}, labelled={self.labels is not None}"
+        )
 
     def posterior_mean(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """E[x1 | x_t = x] under the empirical data distribution, shape of x (t clamped to t_max)."""
         if tuple(x.shape[1:]) != self.item_shape:
-            raise ValueError(f"x must have shape [B, {', '.join(map(str, self.item_shape))}] to match "
-                             f"the data, got {tuple(x.shape)}")
+            raise ValueError(
+                f"x must have shape [B, {', '.join(map(str, self.item_shape))}] to match the data, got {tuple(x.shape)}"
+            )
         t = _as_time_batch(t, x, "x").clamp(0.0, self.t_max)
         b = x.shape[0]
         s = 1.0 - (1.0 - self.sigma_min) * t  # [B]
         labels = use_all = None
         if y is not None:
             if self.labels is None:
-                raise ValueError("y was given but this EmpiricalMarginalVelocity has no labels; "
-                                 "pass labels= to condition on y")
+                raise ValueError(
+                    "y was given but this EmpiricalMarginalVelocity has no labels; pass labels= to condition on y"
+                )
             if not torch.is_tensor(y) or y.shape != (b,):
                 raise ValueError(f"y must be an integer tensor of shape [B] = [{b}]")
             labels = y.to(device=x.device, dtype=torch.long)
             known = (labels[:, None] == self.labels.to(x.device).unique()[None, :]).any(1)  # rows with a real class
             use_all = ~known
-        return posterior_mean(x, self.data, t, s, labels=labels, ref_labels=self.labels, use_all=use_all,
-                              chunk_size=self.chunk_size)
+        return posterior_mean(
+            x, self.data, t, s, labels=labels, ref_labels=self.labels, use_all=use_all, chunk_size=self.chunk_size
+        )
 
     def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """u(x, t) [B, ...] for x [B, ...], t [B] in [0, 1] (clamped to t_max)."""

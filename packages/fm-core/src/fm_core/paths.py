@@ -68,9 +68,7 @@ class AffinePath:
         if not (torch.is_tensor(x0) and torch.is_tensor(x1)):
             raise ValueError("x0 and x1 must be tensors")
         if x0.shape != x1.shape:
-            raise ValueError(
-                f"x0 and x1 must have the same shape, got x0 {tuple(x0.shape)} and x1 {tuple(x1.shape)}"
-            )
+            raise ValueError(f"x0 and x1 must have the same shape, got x0 {tuple(x0.shape)} and x1 {tuple(x1.shape)}")
         t = _as_time_batch(t, x1, "x1")
         td = t.detach()
         device_check(
@@ -78,8 +76,7 @@ class AffinePath:
             "t must lie in [0, 1] (0 = noise, 1 = data)",
             lambda: ValueError(
                 f"t must lie in [0, 1] (0 = noise, 1 = data), got values in "
-                f"[{float(td.min()):.4g}, {float(td.max()):.4g}]"
-                + (" with NaN" if bool(torch.isnan(td).any()) else "")
+                f"[{float(td.min()):.4g}, {float(td.max()):.4g}]" + (" with NaN" if bool(torch.isnan(td).any()) else "")
             ),
         )
         o = self.scheduler(t)

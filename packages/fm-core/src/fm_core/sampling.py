@@ -24,7 +24,7 @@ from ._internal import VelocityField
 from .guidance import CFGVelocity
 from .solvers import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, solve_ode, steps_for_nfe
 
-__all__ = ["SampleResult", "balanced_labels", "sample"]
+__all__ = ["SampleResult", "balanced_labels", "draw_source", "sample"]
 
 
 @dataclass
@@ -121,6 +121,44 @@ def _labels(
     return balanced_labels(n, chosen)
 
 
+def _shape(shape: Sequence[int]) -> tuple[int, ...]:
+    try:
+        out = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be a sequence of positive ints, got {shape!r}") from None
+    if any(s < 1 for s in out):
+        raise ValueError(f"shape must be a sequence of positive ints, got {shape!r}")
+    return out
+
+
+def draw_source(
+    n: int,
+    shape: Sequence[int],
+    *,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    labels: Tensor | None = None,
+    num_classes: int | None = None,
+    classes: Sequence[int] | None = None,
+    random_labels: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """The start of :func:`sample` (t = 0): noise [n, *shape] and labels [n] (or None), on the CPU.
+
+    The noise is ``torch.randn(n, *shape, generator=g)`` with ``g`` seeded by ``seed`` (or
+    ``generator``, a CPU generator); then the labels as :func:`sample` documents them (random
+    labels come from the same generator after the noise). Useful for a sampler that is not an ODE
+    (a normalizing flow's inverse) but must start from the same draws as :func:`sample`.
+    """
+    n = _positive_int("n", n)
+    shape = _shape(shape)
+    if generator is None:
+        generator = torch.Generator().manual_seed(int(seed))
+    elif not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator (noise is drawn on the CPU), got {generator!r}")
+    noise = torch.randn(n, *shape, generator=generator)
+    return noise, _labels(n, generator, labels, num_classes, classes, random_labels)
+
+
 def sample(
     model: VelocityField,
     n: int,
@@ -192,12 +230,7 @@ def sample(
         True
     """
     n = _positive_int("n", n)
-    try:
-        shape = tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"shape must be a sequence of positive ints, got {shape!r}") from None
-    if any(s < 1 for s in shape):
-        raise ValueError(f"shape must be a sequence of positive ints, got {shape!r}")
+    shape = _shape(shape)
     given = [k for k, v in (("nfe", nfe), ("steps", steps), ("time_grid", time_grid)) if v is not None]
     if len(given) > 1:
         raise ValueError(f"give at most one of nfe, steps and time_grid, got {' and '.join(given)}")
@@ -214,13 +247,16 @@ def sample(
     if isinstance(trajectory, bool) or not isinstance(trajectory, numbers.Integral) or trajectory < 0:
         raise ValueError(f"trajectory must be a non-negative integer (samples to follow), got {trajectory!r}")
     guidance = float(guidance)
-    if generator is None:
-        generator = torch.Generator().manual_seed(int(seed))
-    elif not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
-        raise ValueError(f"generator must be a CPU torch.Generator (noise is drawn on the CPU), got {generator!r}")
-
-    noise = torch.randn(n, *shape, generator=generator)
-    y_all = _labels(n, generator, labels, num_classes, classes, random_labels)
+    noise, y_all = draw_source(
+        n,
+        shape,
+        seed=seed,
+        generator=generator,
+        labels=labels,
+        num_classes=num_classes,
+        classes=classes,
+        random_labels=random_labels,
+    )
     velocity: Any = model
     if guidance != 1.0:
         if num_classes is None:

@@ -154,9 +154,7 @@ class VPScheduler(Scheduler):
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
         if not 0.0 < float(beta_min) <= float(beta_max):
-            raise ValueError(
-                f"need 0 < beta_min <= beta_max, got beta_min={beta_min!r}, beta_max={beta_max!r}"
-            )
+            raise ValueError(f"need 0 < beta_min <= beta_max, got beta_min={beta_min!r}, beta_max={beta_max!r}")
         self.beta_min = float(beta_min)
         self.beta_max = float(beta_max)
 
@@ -171,9 +169,7 @@ class VPScheduler(Scheduler):
 
     def __call__(self, t: Tensor) -> SchedulerOutput:
         alpha, sigma, d_alpha = self._terms(t)
-        return SchedulerOutput(
-            alpha_t=alpha, sigma_t=sigma, d_alpha_t=d_alpha, d_sigma_t=-alpha * d_alpha / sigma
-        )
+        return SchedulerOutput(alpha_t=alpha, sigma_t=sigma, d_alpha_t=d_alpha, d_sigma_t=-alpha * d_alpha / sigma)
 
     # det = s*da - a*ds = da / s, so x1 = a x_t + s^2 v / da and x0 = s x_t - a s v / da.
     def velocity_to_x1_coeffs(self, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -214,8 +210,14 @@ class PolynomialScheduler(Scheduler):
 
 SCHEDULERS = ("condot", "cosine", "vp", "polynomial")
 _SCHEDULER_TABLE = {
-    "condot": CondOTScheduler, "cond-ot": CondOTScheduler, "ot": CondOTScheduler, "linear": CondOTScheduler,
-    "cosine": CosineScheduler, "vp": VPScheduler, "polynomial": PolynomialScheduler, "poly": PolynomialScheduler,
+    "condot": CondOTScheduler,
+    "cond-ot": CondOTScheduler,
+    "ot": CondOTScheduler,
+    "linear": CondOTScheduler,
+    "cosine": CosineScheduler,
+    "vp": VPScheduler,
+    "polynomial": PolynomialScheduler,
+    "poly": PolynomialScheduler,
 }
 
 

@@ -198,8 +198,10 @@ def evals_per_step(method: str) -> int:
     """
     _check_method(method)
     if method not in EVALS_PER_STEP:
-        raise ValueError(f"method {method!r} is adaptive: its evaluations per step vary; evaluations per step are "
-                         f"defined for the fixed-step methods {', '.join(FIXED_METHODS)}")
+        raise ValueError(
+            f"method {method!r} is adaptive: its evaluations per step vary; evaluations per step are "
+            f"defined for the fixed-step methods {', '.join(FIXED_METHODS)}"
+        )
     return EVALS_PER_STEP[method]
 
 
@@ -224,8 +226,10 @@ def steps_for_nfe(method: str, nfe: int | None) -> int | None:
     if nfe is None:
         return None
     if method in ADAPTIVE_METHODS:
-        raise ValueError(f"nfe={nfe!r} cannot be used with the adaptive method {method!r} (it picks its own steps "
-                         f"from atol/rtol); use a fixed-step method ({', '.join(FIXED_METHODS)}) or drop nfe")
+        raise ValueError(
+            f"nfe={nfe!r} cannot be used with the adaptive method {method!r} (it picks its own steps "
+            f"from atol/rtol); use a fixed-step method ({', '.join(FIXED_METHODS)}) or drop nfe"
+        )
     per = EVALS_PER_STEP[method]
     if isinstance(nfe, bool) or not isinstance(nfe, numbers.Integral) or nfe <= 0 or nfe % per:
         raise ValueError(f"nfe must be a positive multiple of {per} for method {method!r}, got {nfe!r}")

@@ -91,8 +91,12 @@ class StratifiedTime(TimeSampler):
 
 
 TIME_SAMPLERS = ("uniform", "logit-normal", "stratified")
-_TIME_SAMPLER_TABLE = {"uniform": UniformTime, "logit-normal": LogitNormalTime, "logitnormal": LogitNormalTime,
-                       "stratified": StratifiedTime}
+_TIME_SAMPLER_TABLE = {
+    "uniform": UniformTime,
+    "logit-normal": LogitNormalTime,
+    "logitnormal": LogitNormalTime,
+    "stratified": StratifiedTime,
+}
 
 
 def get_time_sampler(name: str, **kw) -> TimeSampler:

@@ -61,8 +61,16 @@ SYSTEM_DIR = Path("/usr/share/datasets")
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "mnist": tuple(str(i) for i in range(10)),
     "fashion-mnist": (
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
     ),
 }
 
@@ -278,9 +286,7 @@ def _parse_idx(raw: bytes, path: Path | str) -> np.ndarray:
     if len(raw) < 4:
         raise DataError(f"{path}: not an IDX file (only {len(raw)} bytes)")
     if raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(
-            f"{path}: bad IDX magic {raw[:4].hex()} (expected 000008NN: unsigned-byte data with NN dims)"
-        )
+        raise DataError(f"{path}: bad IDX magic {raw[:4].hex()} (expected 000008NN: unsigned-byte data with NN dims)")
     ndim = raw[3]
     if not 1 <= ndim <= 4:
         raise DataError(f"{path}: IDX header says {ndim} dimensions; expected 1 (labels) or 3 (images)")
@@ -421,10 +427,12 @@ def parse_classes(value: str | int | list[int] | tuple[int, ...] | None) -> list
             ) from None
     elif isinstance(value, int) and not isinstance(value, bool):
         ids = [value]
-    else:
+    elif isinstance(value, (list, tuple)):
         ids = list(value)
         if not ids or any(isinstance(c, bool) or not isinstance(c, int) for c in ids):
             raise ValueError(f"classes must be a non-empty list of integers in 0..{NUM_CLASSES - 1}, got {value!r}")
+    else:
+        raise ValueError(f"classes must be class ids like '3' or '3,5' or a list of them, got {value!r}")
     bad = [c for c in ids if not 0 <= c < NUM_CLASSES]
     if bad:
         raise ValueError(f"classes {bad} out of range: class ids are 0..{NUM_CLASSES - 1} (got {value!r})")

@@ -42,7 +42,7 @@ __all__ = [
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 NUM_CLASSES = 10
 
-_CACHE: dict[tuple[str, str], "SmallCNN"] = {}
+_CACHE: dict[tuple[str, str], SmallCNN] = {}
 
 
 class SmallCNN(nn.Module):
@@ -70,12 +70,18 @@ class SmallCNN(nn.Module):
         layers: list[nn.Module] = []
         c_in = 1
         for w in widths:
-            layers += [nn.Conv2d(c_in, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(c_in, w, 3, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             c_in = w
         self.body = nn.Sequential(*layers)
         self.fc = nn.Sequential(
-            nn.Linear(widths[-1] * 9, self.feature_dim, bias=False), nn.BatchNorm1d(self.feature_dim), nn.ReLU(inplace=True)
+            nn.Linear(widths[-1] * 9, self.feature_dim, bias=False),
+            nn.BatchNorm1d(self.feature_dim),
+            nn.ReLU(inplace=True),
         )
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.feature_dim, num_classes)
@@ -105,7 +111,9 @@ def classifier_info(dataset: str) -> dict:
     """The JSON record beside the weights: test accuracy, training command, seed, epochs, ..."""
     p = WEIGHTS_DIR / f"{_check_dataset(dataset)}.json"
     if not p.is_file():
-        raise FileNotFoundError(f"no classifier record {p}; train it with python -m fm_eval.train_classifier --dataset {dataset}")
+        raise FileNotFoundError(
+            f"no classifier record {p}; train it with python -m fm_eval.train_classifier --dataset {dataset}"
+        )
     return json.loads(p.read_text())
 
 
@@ -128,7 +136,7 @@ def load_classifier(dataset: str, device: torch.device | str | None = None) -> S
         net = SmallCNN(widths=info["widths"], feature_dim=info["feature_dim"])
         net.load_state_dict(load_file(str(p), device="cpu"))
         net.eval().requires_grad_(False)
-        _CACHE[key] = net.to(device, memory_format=torch.channels_last)
+        _CACHE[key] = net.to(device).to(memory_format=torch.channels_last)
     return _CACHE[key]
 
 
@@ -182,7 +190,9 @@ def label_accuracy(images: Tensor, labels: Tensor, dataset: str, *, device: torc
     if labels.shape[0] != images.shape[0]:
         raise ValueError(f"got {images.shape[0]} images but {labels.shape[0]} labels")
     if int(labels.min()) < 0 or int(labels.max()) >= NUM_CLASSES:
-        raise ValueError(f"labels must lie in 0..{NUM_CLASSES - 1}, got range [{int(labels.min())}, {int(labels.max())}]")
+        raise ValueError(
+            f"labels must lie in 0..{NUM_CLASSES - 1}, got range [{int(labels.min())}, {int(labels.max())}]"
+        )
     pred = classify(images, dataset, device=device).logits.argmax(1).cpu()
     return float((pred == labels.cpu()).float().mean())
 
@@ -231,4 +241,3 @@ def coverage(
         classes_present=int((counts[cls] > 0).sum()),
         n=int(images.shape[0]),
     )
-

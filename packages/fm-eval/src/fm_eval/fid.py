@@ -33,7 +33,7 @@ __all__ = ["FeatureStats", "FIDResult", "feature_stats", "frechet_distance", "im
 REFERENCE_SPLITS = ("test", "train")
 
 # (dataset, split, n_reference, seed, data folder, weights mtime) -> FeatureStats
-_REF_CACHE: dict[tuple, "FeatureStats"] = {}
+_REF_CACHE: dict[tuple, FeatureStats] = {}
 
 
 @dataclass
@@ -172,5 +172,9 @@ def fid(
         )
     return FIDResult(
         fid=frechet_distance(stats.mu, stats.sigma, ref.mu, ref.sigma),
-        n_samples=stats.n, n_reference=ref.n, reference=ref_name, dataset=dataset, feature_dim=d,
+        n_samples=stats.n,
+        n_reference=ref.n,
+        reference=ref_name,
+        dataset=dataset,
+        feature_dim=d,
     )

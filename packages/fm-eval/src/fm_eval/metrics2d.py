@@ -165,7 +165,9 @@ def rings_quality(x: ArrayLike, y: ArrayLike | None = None) -> dict:
         if y.shape != (len(x),):
             raise ValueError(f"y must have shape [{len(x)}], got {tuple(y.shape)}")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= rings.num_classes):
-            raise ValueError(f"labels must lie in [0, {rings.num_classes - 1}], got range [{int(y.min())}, {int(y.max())}]")
+            raise ValueError(
+                f"labels must lie in [0, {rings.num_classes - 1}], got range [{int(y.min())}, {int(y.max())}]"
+            )
         own = member[torch.arange(len(x)), y]
         per_label = [float(own[y == k].double().mean()) if bool((y == k).any()) else None for k in range(5)]
         present = [p for p in per_label if p is not None]

@@ -105,10 +105,18 @@ def train(
             sched.step()
             loss_sum += float(loss.detach())
         acc = evaluate(net, x_te, y_te)
-        history.append(dict(epoch=epoch + 1, train_loss=loss_sum / steps_per_epoch, test_accuracy=acc,
-                            seconds=round(time.perf_counter() - t0, 1)))
-        log(f"[{dataset}] epoch {epoch + 1}/{epochs}: loss {loss_sum / steps_per_epoch:.4f}, "
-            f"test accuracy {acc:.4f} ({time.perf_counter() - t0:.0f} s)")
+        history.append(
+            dict(
+                epoch=epoch + 1,
+                train_loss=loss_sum / steps_per_epoch,
+                test_accuracy=acc,
+                seconds=round(time.perf_counter() - t0, 1),
+            )
+        )
+        log(
+            f"[{dataset}] epoch {epoch + 1}/{epochs}: loss {loss_sum / steps_per_epoch:.4f}, "
+            f"test accuracy {acc:.4f} ({time.perf_counter() - t0:.0f} s)"
+        )
     net.eval()
     record = dict(
         dataset=dataset,
@@ -118,12 +126,18 @@ def train(
         params=sum(p.numel() for p in net.parameters()),
         test_accuracy=history[-1]["test_accuracy"],
         n_test=int(x_te.shape[0]),
-        epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        epochs=epochs,
+        seed=seed,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
         history=history,
         fid_1000_train_vs_test=round(calibration_fid(net, train_data.images, test_data.images), 4),
         train_seconds=round(time.perf_counter() - t_start, 1),
         cpu_seconds=round(time.process_time() - cpu_start, 1),
-        torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        machine=platform.machine(),
     )
     return net, record
 
@@ -135,7 +149,11 @@ def save(net: SmallCNN, record: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     dataset = record["dataset"]
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    meta = {"dataset": dataset, "test_accuracy": f"{record['test_accuracy']:.4f}", "widths": json.dumps(record["widths"])}
+    meta = {
+        "dataset": dataset,
+        "test_accuracy": f"{record['test_accuracy']:.4f}",
+        "widths": json.dumps(record["widths"]),
+    }
     data = save_bytes(state, metadata=meta)
     wpath = out / f"{dataset}.safetensors"
     _atomic_write_bytes(wpath, data)
@@ -147,7 +165,9 @@ def save(net: SmallCNN, record: dict, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fm_eval.train_classifier", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, choices=IMAGE_DATASETS)
-    p.add_argument("--data-dir", default=None, help="folder with mnist/ and fashion-mnist/ (default: $FM_DATA_DIR, ...)")
+    p.add_argument(
+        "--data-dir", default=None, help="folder with mnist/ and fashion-mnist/ (default: $FM_DATA_DIR, ...)"
+    )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=128)
@@ -157,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    net, record = train(args.dataset, data_dir=args.data_dir, epochs=args.epochs, seed=args.seed,
-                        batch_size=args.batch_size, lr=args.lr)
+    net, record = train(
+        args.dataset, data_dir=args.data_dir, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, lr=args.lr
+    )
     argv_used = sys.argv[1:] if argv is None else argv
     record["command"] = "python -m fm_eval.train_classifier " + " ".join(argv_used)
     wpath = save(net, record, args.out)

@@ -26,7 +26,14 @@ from torch import Tensor
 
 from .vae import LatentVAE
 
-__all__ = ["CACHE_FORMAT", "LatentCache", "LatentCacheError", "check_vae_identity", "load_latent_cache", "save_latent_cache"]
+__all__ = [
+    "CACHE_FORMAT",
+    "LatentCache",
+    "LatentCacheError",
+    "check_vae_identity",
+    "load_latent_cache",
+    "save_latent_cache",
+]
 
 CACHE_FORMAT = "fm-latent-cache"
 CACHE_VERSION = 1
@@ -57,7 +64,9 @@ def _differences(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
         if fc.get(k) != ec.get(k):
             diffs.append(f"config {k}={fc.get(k)!r} vs {ec.get(k)!r}")
     if found.get("weights_sha256") != expected.get("weights_sha256"):
-        diffs.append(f"weights sha256 {str(found.get('weights_sha256'))[:12]}... vs {str(expected.get('weights_sha256'))[:12]}...")
+        diffs.append(
+            f"weights sha256 {str(found.get('weights_sha256'))[:12]}... vs {str(expected.get('weights_sha256'))[:12]}..."
+        )
     return diffs
 
 
@@ -84,7 +93,9 @@ def save_latent_cache(
     """Write ``latents`` (and ``labels``) with the VAE's identity and ``info`` (JSON-safe) atomically."""
     path = Path(path)
     if latents.ndim != 4 or not torch.is_floating_point(latents):
-        raise LatentCacheError(f"latents must be a float tensor [N, C, h, w], got {latents.dtype} {tuple(latents.shape)}")
+        raise LatentCacheError(
+            f"latents must be a float tensor [N, C, h, w], got {latents.dtype} {tuple(latents.shape)}"
+        )
     tensors = {"latents": latents.detach().to("cpu", torch.float32).contiguous()}
     if labels is not None:
         if labels.shape != (latents.shape[0],):
@@ -102,8 +113,9 @@ def save_latent_cache(
     return path
 
 
-def load_latent_cache(path: str | os.PathLike, vae: LatentVAE | dict[str, Any] | None = None, *,
-                      device: str | torch.device = "cpu") -> LatentCache:
+def load_latent_cache(
+    path: str | os.PathLike, vae: LatentVAE | dict[str, Any] | None = None, *, device: str | torch.device = "cpu"
+) -> LatentCache:
     """Read a cache; with ``vae`` (a LatentVAE or its identity) refuse one written by another VAE."""
     path = Path(path)
     if not path.is_file():
@@ -115,9 +127,13 @@ def load_latent_cache(path: str | os.PathLike, vae: LatentVAE | dict[str, Any] |
     except (SafetensorError, OSError, ValueError) as e:
         raise LatentCacheError(f"{path}: not a readable safetensors file ({e})") from None
     if meta.get("format") != CACHE_FORMAT:
-        raise LatentCacheError(f"{path}: not a latent cache (metadata format {meta.get('format')!r}, expected {CACHE_FORMAT!r})")
+        raise LatentCacheError(
+            f"{path}: not a latent cache (metadata format {meta.get('format')!r}, expected {CACHE_FORMAT!r})"
+        )
     if meta.get("version") != str(CACHE_VERSION):
-        raise LatentCacheError(f"{path}: cache version {meta.get('version')!r}, this fm-latent reads version {CACHE_VERSION}")
+        raise LatentCacheError(
+            f"{path}: cache version {meta.get('version')!r}, this fm-latent reads version {CACHE_VERSION}"
+        )
     try:
         identity, info = json.loads(meta["vae"]), json.loads(meta["info"])
     except (KeyError, ValueError) as e:

@@ -26,8 +26,12 @@ __all__ = ["VAELoss", "check_small_vae", "kl_to_standard_normal", "small_autoenc
 
 
 def check_small_vae(
-    block_out_channels: Sequence[int], latent_channels: int, layers_per_block: int, norm_num_groups: int,
-    sample_size: int, image_channels: int = 1,
+    block_out_channels: Sequence[int],
+    latent_channels: int,
+    layers_per_block: int,
+    norm_num_groups: int,
+    sample_size: int,
+    image_channels: int = 1,
 ) -> None:
     """Raise ValueError for arguments of :func:`small_autoencoder_kl` that diffusers would reject deep
     inside (or silently mishandle); imports nothing heavy, so a CLI can check before loading diffusers."""
@@ -36,12 +40,16 @@ def check_small_vae(
         raise ValueError(f"block_out_channels must be positive widths, got {list(block_out_channels)}")
     bad = [c for c in widths if c % norm_num_groups]
     if bad:
-        raise ValueError(f"every width in block_out_channels={widths} must be divisible by norm_num_groups={norm_num_groups}; {bad} are not")
+        raise ValueError(
+            f"every width in block_out_channels={widths} must be divisible by norm_num_groups={norm_num_groups}; {bad} are not"
+        )
     factor = 2 ** (len(widths) - 1)
     if sample_size % factor:
         raise ValueError(f"sample_size {sample_size} is not divisible by the downsampling factor {factor}")
     if min(latent_channels, image_channels, layers_per_block) < 1:
-        raise ValueError(f"latent_channels, image_channels and layers_per_block must be >= 1, got {latent_channels}, {image_channels}, {layers_per_block}")
+        raise ValueError(
+            f"latent_channels, image_channels and layers_per_block must be >= 1, got {latent_channels}, {image_channels}, {layers_per_block}"
+        )
 
 
 def small_autoencoder_kl(
@@ -86,7 +94,9 @@ class VAELoss:
     kl: Tensor
 
 
-def vae_loss(vae: nn.Module, x: Tensor, *, kl_weight: float = 1e-4, generator: torch.Generator | None = None) -> VAELoss:
+def vae_loss(
+    vae: nn.Module, x: Tensor, *, kl_weight: float = 1e-4, generator: torch.Generator | None = None
+) -> VAELoss:
     """Reconstruction + KL of an AutoencoderKL on images x [B, C, H, W] in [-1, 1].
 
     The reconstruction decodes one posterior sample z = mean + std * eps (reparameterised,

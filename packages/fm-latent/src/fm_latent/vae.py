@@ -45,7 +45,14 @@ if TYPE_CHECKING:  # diffusers is imported lazily at run time (it is slow to imp
 
     DiffusersVAE = AutoencoderKL | AutoencoderTiny
 
-__all__ = ["VAE_CLASSES", "LatentVAE", "LatentVAEError", "downsample_factor", "pad_to_multiple", "scale_shift_from_latents"]
+__all__ = [
+    "VAE_CLASSES",
+    "LatentVAE",
+    "LatentVAEError",
+    "downsample_factor",
+    "pad_to_multiple",
+    "scale_shift_from_latents",
+]
 
 #: diffusers classes this wrapper knows (``_class_name`` in a VAE's config.json).
 VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
@@ -171,7 +178,9 @@ class LatentVAE:
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu", **kwargs: Any) -> LatentVAE:
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, *, device: str | torch.device = "cpu", **kwargs: Any
+    ) -> LatentVAE:
         """Load a VAE saved with diffusers' ``save_pretrained`` from a local directory or a hub id.
 
         The class (AutoencoderKL or AutoencoderTiny) is read from its config.json. ``kwargs`` go to
@@ -182,10 +191,14 @@ class LatentVAE:
 
         where = str(name_or_path)
         local = Path(where).expanduser()
-        if not local.exists() and (isinstance(name_or_path, Path) or where.startswith(("/", ".", "~")) or where.count("/") != 1):
+        if not local.exists() and (
+            isinstance(name_or_path, Path) or where.startswith(("/", ".", "~")) or where.count("/") != 1
+        ):
             # not a hub id ("org/name"): fail now instead of asking the hub for it
-            raise LatentVAEError(f"cannot load a VAE from {where!r}: no such directory (give a directory written by "
-                                 "save_pretrained, e.g. RUN/vae of fm-latentgen train-vae, or a hub id 'org/name')")
+            raise LatentVAEError(
+                f"cannot load a VAE from {where!r}: no such directory (give a directory written by "
+                "save_pretrained, e.g. RUN/vae of fm-latentgen train-vae, or a hub id 'org/name')"
+            )
         if local.is_dir():
             where = str(local)
         try:
@@ -226,7 +239,9 @@ class LatentVAE:
     def set_scale_shift(self, scale: float, shift: float) -> None:
         """Store ``z = (raw - shift) * scale`` in the VAE config (``scaling_factor``, ``shift_factor``)."""
         if not (math.isfinite(scale) and scale > 0 and math.isfinite(shift)):
-            raise LatentVAEError(f"scale must be positive and finite and shift finite, got scale={scale!r}, shift={shift!r}")
+            raise LatentVAEError(
+                f"scale must be positive and finite and shift finite, got scale={scale!r}, shift={shift!r}"
+            )
         self.vae.register_to_config(scaling_factor=float(scale), shift_factor=float(shift))
 
     def fit_scale_shift(self, images: Tensor, *, batch_size: int = 500) -> tuple[float, float]:
@@ -264,9 +279,13 @@ class LatentVAE:
     # ------------------------------------------------------------------ images <-> latents
     def _prepare(self, images: Tensor) -> Tensor:
         if images.ndim != 4 or images.shape[1] != self.image_channels:
-            raise LatentVAEError(f"expected images [B, {self.image_channels}, H, W] in [-1, 1], got shape {tuple(images.shape)}")
+            raise LatentVAEError(
+                f"expected images [B, {self.image_channels}, H, W] in [-1, 1], got shape {tuple(images.shape)}"
+            )
         if not torch.is_floating_point(images):
-            raise LatentVAEError(f"expected float images in [-1, 1], got dtype {images.dtype} (convert uint8 with x / 127.5 - 1)")
+            raise LatentVAEError(
+                f"expected float images in [-1, 1], got dtype {images.dtype} (convert uint8 with x / 127.5 - 1)"
+            )
         x = pad_to_multiple(images.to(self.device, torch.float32), self.factor)
         if self.vae_in_channels != self.image_channels:
             x = x.expand(-1, self.vae_in_channels, -1, -1)
@@ -287,8 +306,14 @@ class LatentVAE:
             )
         return raw
 
-    def encode_raw(self, images: Tensor, *, sample: bool = False, generator: torch.Generator | None = None,
-                   batch_size: int | None = None) -> Tensor:
+    def encode_raw(
+        self,
+        images: Tensor,
+        *,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+    ) -> Tensor:
         """Unscaled latents [B, C, h', w'] of images [B, image_channels, H, W] in [-1, 1].
 
         ``sample=False`` takes the posterior mode (mean), ``sample=True`` draws from it with
@@ -299,25 +324,39 @@ class LatentVAE:
         with torch.no_grad():
             return torch.cat([self._encode_batch(x[i : i + bs], sample, generator) for i in range(0, x.shape[0], bs)])
 
-    def encode(self, images: Tensor, *, sample: bool = False, generator: torch.Generator | None = None,
-               batch_size: int | None = None) -> Tensor:
+    def encode(
+        self,
+        images: Tensor,
+        *,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+    ) -> Tensor:
         """Scaled latents ``z = (raw - shift) * scale`` [B, C, h', w'] of images in [-1, 1]."""
-        return (self.encode_raw(images, sample=sample, generator=generator, batch_size=batch_size) - self.shift) * self.scale
+        return (
+            self.encode_raw(images, sample=sample, generator=generator, batch_size=batch_size) - self.shift
+        ) * self.scale
 
-    def decode(self, latents: Tensor, *, size: int | tuple[int, int] | None = None, batch_size: int | None = None) -> Tensor:
+    def decode(
+        self, latents: Tensor, *, size: int | tuple[int, int] | None = None, batch_size: int | None = None
+    ) -> Tensor:
         """Images [B, image_channels, H, W] in [-1, 1] from scaled latents [B, C, h', w'].
 
         Crops (centred, undoing the padding of :meth:`encode`) to ``size``, default ``image_size``.
         """
         if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
-            raise LatentVAEError(f"expected latents [B, {self.latent_channels}, h, w], got shape {tuple(latents.shape)}")
+            raise LatentVAEError(
+                f"expected latents [B, {self.latent_channels}, h, w], got shape {tuple(latents.shape)}"
+            )
         raw = latents.to(self.device, torch.float32) / self.scale + self.shift
         bs = batch_size or raw.shape[0]
         with torch.no_grad():
             x = torch.cat([self.vae.decode(raw[i : i + bs]).sample for i in range(0, raw.shape[0], bs)])
         expect = (raw.shape[-2] * self.factor, raw.shape[-1] * self.factor)
         if tuple(x.shape[-2:]) != expect:
-            raise LatentVAEError(f"the VAE decoded {tuple(raw.shape[-2:])} latents to {tuple(x.shape[-2:])}, expected {expect}")
+            raise LatentVAEError(
+                f"the VAE decoded {tuple(raw.shape[-2:])} latents to {tuple(x.shape[-2:])}, expected {expect}"
+            )
         if self.vae_out_channels != self.image_channels:
             x = x.mean(dim=1, keepdim=True)
         size = size if size is not None else self.image_size

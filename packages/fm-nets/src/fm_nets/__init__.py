@@ -12,7 +12,17 @@ from .embeddings import LabelEmbedding, TimeEmbedding, sinusoidal_embedding
 from .mlp import MLPVelocity
 from .unet import UNet
 
-__all__ = ["LabelEmbedding", "TimeEmbedding", "sinusoidal_embedding", "MLPVelocity", "UNet", "DiT", "DIT_CONFIGS", "build_net", "NETS"]
+__all__ = [
+    "LabelEmbedding",
+    "TimeEmbedding",
+    "sinusoidal_embedding",
+    "MLPVelocity",
+    "UNet",
+    "DiT",
+    "DIT_CONFIGS",
+    "build_net",
+    "NETS",
+]
 
 NETS = ("mlp", "unet", "dit")
 

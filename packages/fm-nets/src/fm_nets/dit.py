@@ -92,8 +92,7 @@ class DiTBlock(nn.Module):
         self.attn = Attention(hidden_size, num_heads=num_heads, qkv_bias=True)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         # timm annotates act_layer as type[nn.Module] but only ever calls act_layer() with no arguments
-        self.mlp = Mlp(in_features=hidden_size, hidden_features=int(hidden_size * mlp_ratio),
-                       act_layer=_gelu_tanh)  # type: ignore[arg-type]
+        self.mlp = Mlp(in_features=hidden_size, hidden_features=int(hidden_size * mlp_ratio), act_layer=_gelu_tanh)  # type: ignore[arg-type]
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
@@ -248,7 +247,9 @@ class DiT(nn.Module):
                 f"(this DiT was built for {self.input_size[0]}x{self.input_size[1]})"
             )
         if (h, w) != self.input_size:
-            raise ValueError(f"this DiT was built for {self.input_size[0]}x{self.input_size[1]} inputs (fixed position embedding), got {h}x{w}")
+            raise ValueError(
+                f"this DiT was built for {self.input_size[0]}x{self.input_size[1]} inputs (fixed position embedding), got {h}x{w}"
+            )
 
     def condition(self, t: Tensor | float, y: Tensor | None, batch: int, like: Tensor) -> Tensor:
         """The conditioning vector c [B, D] = TimeEmbedding(t) (+ LabelEmbedding(y))."""

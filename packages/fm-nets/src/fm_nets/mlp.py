@@ -103,8 +103,13 @@ class MLPVelocity(nn.Module):
         fourier_features: int = 6,
     ) -> None:
         super().__init__()
-        for key, val, low in (("dim", dim, 1), ("hidden", hidden, 1), ("depth", depth, 0), ("time_dim", time_dim, 1),
-                              ("fourier_features", fourier_features, 0)):
+        for key, val, low in (
+            ("dim", dim, 1),
+            ("hidden", hidden, 1),
+            ("depth", depth, 0),
+            ("time_dim", time_dim, 1),
+            ("fourier_features", fourier_features, 0),
+        ):
             if isinstance(val, bool) or not isinstance(val, int) or val < low:
                 raise ValueError(f"MLPVelocity {key} must be an int >= {low}, got {val!r}")
         if activation not in ACTIVATIONS:
@@ -113,11 +118,19 @@ class MLPVelocity(nn.Module):
             raise ValueError(f"unknown time_embedding {time_embedding!r}; choose one of {', '.join(TIME_EMBEDDINGS)}")
         if time_embedding == "sinusoidal" and time_dim % 2:
             raise ValueError(f"time_dim must be even for sinusoidal features, got {time_dim}")
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+        ):
             raise ValueError(f"num_classes must be None or an int >= 1, got {num_classes!r}")
         self._config = dict(
-            dim=dim, hidden=hidden, depth=depth, time_dim=time_dim, num_classes=num_classes,
-            activation=activation, time_embedding=time_embedding, residual=bool(residual),
+            dim=dim,
+            hidden=hidden,
+            depth=depth,
+            time_dim=time_dim,
+            num_classes=num_classes,
+            activation=activation,
+            time_embedding=time_embedding,
+            residual=bool(residual),
             fourier_features=fourier_features,
         )
         self.dim, self.num_classes, self.residual = dim, num_classes, bool(residual)
@@ -148,8 +161,17 @@ class MLPVelocity(nn.Module):
     @classmethod
     def post_recipe(cls, dim: int, num_classes: int | None = None) -> MLPVelocity:
         """The blog post's plain net: 512 wide, raw-t time MLP 1 -> 128 -> 512 with ReLU, 5 x (Linear + ReLU)."""
-        return cls(dim, hidden=512, depth=5, time_dim=128, num_classes=num_classes,
-                   activation="relu", time_embedding="raw", residual=False, fourier_features=0)
+        return cls(
+            dim,
+            hidden=512,
+            depth=5,
+            time_dim=128,
+            num_classes=num_classes,
+            activation="relu",
+            time_embedding="raw",
+            residual=False,
+            fourier_features=0,
+        )
 
     def embed(self, t: Tensor | float, y: Tensor | None, batch: int, like: Tensor) -> Tensor:
         """Time (+ label) embedding [B, hidden] for t [B] (or scalar) and labels y [B] | None."""
@@ -163,7 +185,9 @@ class MLPVelocity(nn.Module):
     def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
         """x [B, dim] or [B, *shape] (prod(shape) == dim), t [B] in [0, 1] (0 = noise, 1 = data) -> v like x."""
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.dim:
-            raise ValueError(f"x must have shape [B, {self.dim}] or [B, ...] with {self.dim} features, got {tuple(x.shape)}")
+            raise ValueError(
+                f"x must have shape [B, {self.dim}] or [B, ...] with {self.dim} features, got {tuple(x.shape)}"
+            )
         batch = x.shape[0]
         flat = x.reshape(batch, self.dim)
         if len(self.x_freqs):

@@ -55,7 +55,12 @@ class ResBlock(nn.Module):
     """
 
     def __init__(
-        self, in_ch: int, out_ch: int, emb_dim: int, groups: int, dropout: float = 0.0,
+        self,
+        in_ch: int,
+        out_ch: int,
+        emb_dim: int,
+        groups: int,
+        dropout: float = 0.0,
         conditioning: str = "scale-shift",
     ) -> None:
         super().__init__()
@@ -177,9 +182,17 @@ class UNet(nn.Module):
             raise ValueError(f"emb_dim must be an even number >= 2, got {emb_dim}")
 
         self.config: dict[str, Any] = dict(
-            in_channels=in_channels, channels=list(channels), num_res_blocks=num_res_blocks,
-            attention=bool(attention), num_classes=num_classes, dropout=float(dropout), groups=groups,
-            emb_dim=emb_dim, conditioning=conditioning, num_heads=num_heads, mid_blocks=mid_blocks,
+            in_channels=in_channels,
+            channels=list(channels),
+            num_res_blocks=num_res_blocks,
+            attention=bool(attention),
+            num_classes=num_classes,
+            dropout=float(dropout),
+            groups=groups,
+            emb_dim=emb_dim,
+            conditioning=conditioning,
+            num_heads=num_heads,
+            mid_blocks=mid_blocks,
             patch_size=patch_size,
         )
         self.in_channels = in_channels

@@ -47,9 +47,11 @@ class ActNorm(FlowLayer):
     def initialize(self, x: Tensor) -> None:
         """Set ``loc``/``log_scale`` from the batch ``x [B, D]`` and mark as initialised."""
         if x.shape[0] < 2:
-            raise ValueError(f"ActNorm's data-dependent initialisation needs a batch of at least 2 "
-                             f"points, got {x.shape[0]}; call forward once with a larger batch in "
-                             "training mode, or set layer.initialized.fill_(True)")
+            raise ValueError(
+                f"ActNorm's data-dependent initialisation needs a batch of at least 2 "
+                f"points, got {x.shape[0]}; call forward once with a larger batch in "
+                "training mode, or set layer.initialized.fill_(True)"
+            )
         x = x.detach().to(self.loc.dtype)
         self.loc.copy_(x.mean(dim=0))
         self.log_scale.copy_(torch.log(x.std(dim=0, unbiased=False) + self.eps))

@@ -29,8 +29,7 @@ def _safetensors():
     try:
         import safetensors.torch as st
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("saving/loading flows needs the 'safetensors' package "
-                          "(pip install safetensors)") from exc
+        raise ImportError("saving/loading flows needs the 'safetensors' package (pip install safetensors)") from exc
     return st
 
 
@@ -51,8 +50,7 @@ def save_flow(flow: Flow, directory: str | os.PathLike) -> Path:
     The flow must come from :func:`build_flow` (it needs ``.config``). Returns the directory.
     """
     if flow.config is None:
-        raise ValueError("this Flow has no .config (it was not made by build_flow); "
-                         "save its state_dict yourself")
+        raise ValueError("this Flow has no .config (it was not made by build_flow); save its state_dict yourself")
     st = _safetensors()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -78,8 +76,7 @@ def load_flow(directory: str | os.PathLike, *, device: str | torch.device | None
     meta = json.loads(cfg_path.read_text())
     if not isinstance(meta, dict) or meta.get("model") != MODEL_KIND or "config" not in meta:
         kind = meta.get("model") if isinstance(meta, dict) else None
-        raise ValueError(f"{cfg_path} is not a fm-nflows checkpoint (model={kind!r}, "
-                         f"expected {MODEL_KIND!r})")
+        raise ValueError(f"{cfg_path} is not a fm-nflows checkpoint (model={kind!r}, expected {MODEL_KIND!r})")
     with torch.random.fork_rng(devices=[]):  # the weights are overwritten; keep the global RNG
         flow = build_flow(**meta["config"])
     state = st.load_file(str(w_path))

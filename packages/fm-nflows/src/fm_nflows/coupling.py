@@ -45,8 +45,15 @@ class ConditionerMLP(nn.Module):
     No dropout, no normalisation layers.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int = 128, n_hidden: int = 3,
-                 activation: str = "relu", zero_init: bool = True) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden: int = 128,
+        n_hidden: int = 3,
+        activation: str = "relu",
+        zero_init: bool = True,
+    ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
@@ -93,9 +100,18 @@ class AffineCoupling(FlowLayer):
     cond_idx: Tensor  # buffer: indices where mask is True
     trans_idx: Tensor  # buffer: indices where mask is False
 
-    def __init__(self, dim: int, mask: Tensor | Sequence[int | bool] | None = None, *,
-                 hidden: int = 128, n_hidden: int = 3, activation: str = "relu",
-                 context_dim: int = 0, scale_bound: float = 2.0, zero_init: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        mask: Tensor | Sequence[int | bool] | None = None,
+        *,
+        hidden: int = 128,
+        n_hidden: int = 3,
+        activation: str = "relu",
+        context_dim: int = 0,
+        scale_bound: float = 2.0,
+        zero_init: bool = True,
+    ) -> None:
         super().__init__()
         if dim < 2:
             raise ValueError(f"a coupling needs dim >= 2, got dim={dim}")
@@ -121,17 +137,20 @@ class AffineCoupling(FlowLayer):
         self.register_buffer("cond_idx", torch.nonzero(mask).flatten())
         self.register_buffer("trans_idx", torch.nonzero(~mask).flatten())
         n_cond, n_trans = int(mask.sum()), int((~mask).sum())
-        self.conditioner = ConditionerMLP(n_cond + context_dim, 2 * n_trans, hidden, n_hidden, activation,
-                                          zero_init=zero_init)
+        self.conditioner = ConditionerMLP(
+            n_cond + context_dim, 2 * n_trans, hidden, n_hidden, activation, zero_init=zero_init
+        )
 
     def _shift_log_scale(self, x_cond: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         if self.context_dim > 0:
             if context is None:
-                raise ValueError(f"this coupling was built with context_dim={self.context_dim}; "
-                                 "pass context [B, context_dim]")
+                raise ValueError(
+                    f"this coupling was built with context_dim={self.context_dim}; pass context [B, context_dim]"
+                )
             if context.shape != (x_cond.shape[0], self.context_dim):
-                raise ValueError(f"context must have shape [{x_cond.shape[0]}, {self.context_dim}], "
-                                 f"got {tuple(context.shape)}")
+                raise ValueError(
+                    f"context must have shape [{x_cond.shape[0]}, {self.context_dim}], got {tuple(context.shape)}"
+                )
             h = torch.cat([x_cond, context.to(x_cond.dtype)], dim=1)
         else:
             if context is not None:
@@ -163,5 +182,7 @@ class AffineCoupling(FlowLayer):
         return self._assemble(z_a, x_b), logdet
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, mask={self.mask.int().tolist()}, context_dim={self.context_dim}, "
-                f"scale_bound={self.scale_bound}")
+        return (
+            f"dim={self.dim}, mask={self.mask.int().tolist()}, context_dim={self.context_dim}, "
+            f"scale_bound={self.scale_bound}"
+        )

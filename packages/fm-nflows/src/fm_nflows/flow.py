@@ -84,8 +84,15 @@ class Flow(nn.Module):
     tensor) that broadcasts over the batch, or an int64 tensor ``[B]`` in ``[0, num_classes)``.
     """
 
-    def __init__(self, layers: list[FlowLayer], dim: int, *, num_classes: int | None = None,
-                 embed_dim: int = 16, config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        layers: list[FlowLayer],
+        dim: int,
+        *,
+        num_classes: int | None = None,
+        embed_dim: int = 16,
+        config: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
@@ -104,8 +111,10 @@ class Flow(nn.Module):
                 raise ValueError("this flow is unconditional (num_classes=None); pass y=None")
             return None
         if y is None:
-            raise ValueError(f"this flow is class-conditional (num_classes={self.num_classes}); "
-                             f"pass labels y (int or int64 [B]) in [0, {self.num_classes})")
+            raise ValueError(
+                f"this flow is class-conditional (num_classes={self.num_classes}); "
+                f"pass labels y (int or int64 [B]) in [0, {self.num_classes})"
+            )
         if isinstance(y, bool) or (isinstance(y, Tensor) and y.dtype == torch.bool):
             raise ValueError(f"labels y must be integers, got {y!r}")
         y = torch.as_tensor(y, device=device)
@@ -116,8 +125,9 @@ class Flow(nn.Module):
         elif y.shape != (batch,):
             raise ValueError(f"labels y must be an int or have shape [{batch}], got {tuple(y.shape)}")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-            raise ValueError(f"labels y must lie in [0, {self.num_classes}), got values in "
-                             f"[{int(y.min())}, {int(y.max())}]")
+            raise ValueError(
+                f"labels y must lie in [0, {self.num_classes}), got values in [{int(y.min())}, {int(y.max())}]"
+            )
         assert self.embedding is not None  # built in __init__ whenever num_classes is not None
         return self.embedding(y.long())
 
@@ -146,8 +156,7 @@ class Flow(nn.Module):
             logdet = logdet + ld
         return z, logdet
 
-    def layerwise(self, inputs: Tensor, y: Tensor | int | None = None, *,
-                  direction: str = "inverse") -> Layerwise:
+    def layerwise(self, inputs: Tensor, y: Tensor | int | None = None, *, direction: str = "inverse") -> Layerwise:
         """Carry points through the flow one layer at a time (for pictures of the flow).
 
         ``direction="inverse"``: ``inputs`` is noise ``z [B, D]`` and ``points[-1]`` the
@@ -189,12 +198,12 @@ class Flow(nn.Module):
         ref = next(self.parameters())
         if generator is not None and generator.device != ref.device:
             # Draw on the generator's device, then move: keeps seeded results reproducible.
-            return torch.randn(n, self.dim, generator=generator, device=generator.device,
-                               dtype=ref.dtype).to(ref.device)
+            return torch.randn(n, self.dim, generator=generator, device=generator.device, dtype=ref.dtype).to(
+                ref.device
+            )
         return torch.randn(n, self.dim, generator=generator, device=ref.device, dtype=ref.dtype)
 
-    def sample(self, n: int, y: Tensor | int | None = None, *,
-               generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, y: Tensor | int | None = None, *, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` samples ``[n, D]`` on the flow's device and dtype.
 
         ``y``: None (unconditional), one int for all ``n`` samples, or int64 ``[n]``.
@@ -203,8 +212,9 @@ class Flow(nn.Module):
         x, _ = self.inverse(self._noise(n, generator), y)
         return x
 
-    def sample_and_log_prob(self, n: int, y: Tensor | int | None = None, *,
-                            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    def sample_and_log_prob(
+        self, n: int, y: Tensor | int | None = None, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
         """``(x [n, D], log p(x | y) [n])`` in one pass (no second forward needed)."""
         z = self._noise(n, generator)
         x, logdet_inv = self.inverse(z, y)
@@ -225,10 +235,21 @@ class Flow(nn.Module):
         return load_flow(directory, device=device)
 
 
-def build_flow(dim: int = 2, n_layers: int = 10, hidden: int = 128, *, n_hidden: int = 3,
-               num_classes: int | None = None, embed_dim: int = 16, mixing: str = "lu",
-               actnorm: bool = True, scale_bound: float = 2.0, activation: str = "relu",
-               zero_init: bool = True, seed: int | None = None) -> Flow:
+def build_flow(
+    dim: int = 2,
+    n_layers: int = 10,
+    hidden: int = 128,
+    *,
+    n_hidden: int = 3,
+    num_classes: int | None = None,
+    embed_dim: int = 16,
+    mixing: str = "lu",
+    actnorm: bool = True,
+    scale_bound: float = 2.0,
+    activation: str = "relu",
+    zero_init: bool = True,
+    seed: int | None = None,
+) -> Flow:
     """RealNVP/Glow-style flow; defaults suit 2D data.
 
     The defaults (10 blocks, 3 hidden ReLU layers of 128, LU mixing, scale bound 2) were
@@ -272,9 +293,20 @@ def build_flow(dim: int = 2, n_layers: int = 10, hidden: int = 128, *, n_hidden:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes must be None or >= 1, got {num_classes}")
-    config = dict(dim=dim, n_layers=n_layers, hidden=hidden, n_hidden=n_hidden,
-                  num_classes=num_classes, embed_dim=embed_dim, mixing=mixing, actnorm=actnorm,
-                  scale_bound=scale_bound, activation=activation, zero_init=zero_init, seed=seed)
+    config = dict(
+        dim=dim,
+        n_layers=n_layers,
+        hidden=hidden,
+        n_hidden=n_hidden,
+        num_classes=num_classes,
+        embed_dim=embed_dim,
+        mixing=mixing,
+        actnorm=actnorm,
+        scale_bound=scale_bound,
+        activation=activation,
+        zero_init=zero_init,
+        seed=seed,
+    )
     context_dim = embed_dim if num_classes is not None else 0
     rng = contextlib.nullcontext() if seed is None else torch.random.fork_rng(devices=[])
     with rng:
@@ -289,9 +321,17 @@ def build_flow(dim: int = 2, n_layers: int = 10, hidden: int = 128, *, n_hidden:
             elif mixing in ("random", "reverse"):
                 layers.append(Permutation(dim, mixing))
             parity = 0 if mixing == "reverse" else i % 2
-            layers.append(AffineCoupling(dim, alternating_mask(dim, parity), hidden=hidden,
-                                         n_hidden=n_hidden, activation=activation,
-                                         context_dim=context_dim, scale_bound=scale_bound,
-                                         zero_init=zero_init))
+            layers.append(
+                AffineCoupling(
+                    dim,
+                    alternating_mask(dim, parity),
+                    hidden=hidden,
+                    n_hidden=n_hidden,
+                    activation=activation,
+                    context_dim=context_dim,
+                    scale_bound=scale_bound,
+                    zero_init=zero_init,
+                )
+            )
         flow = Flow(layers, dim, num_classes=num_classes, embed_dim=embed_dim, config=config)
     return flow

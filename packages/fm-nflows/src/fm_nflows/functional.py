@@ -68,9 +68,7 @@ def invert_permutation(perm: Tensor) -> Tensor:
     return inv
 
 
-def lu_weight(
-    perm: Tensor, lower: Tensor, upper: Tensor, sign: Tensor, log_abs_diag: Tensor
-) -> Tensor:
+def lu_weight(perm: Tensor, lower: Tensor, upper: Tensor, sign: Tensor, log_abs_diag: Tensor) -> Tensor:
     """Assemble ``W = P @ L @ (U + diag(sign * exp(log_abs_diag)))``  (Glow, eq. 10).
 
     ``perm [D, D]`` is a permutation matrix, ``lower``/``upper`` ``[D, D]`` whose strict

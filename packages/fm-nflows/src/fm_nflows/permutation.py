@@ -30,8 +30,14 @@ class Permutation(FlowLayer):
     perm: Tensor  # buffer [D] long
     inv_perm: Tensor  # buffer [D] long
 
-    def __init__(self, dim: int, kind: str = "reverse", *, generator: torch.Generator | None = None,
-                 perm: Tensor | list[int] | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        kind: str = "reverse",
+        *,
+        generator: torch.Generator | None = None,
+        perm: Tensor | list[int] | None = None,
+    ) -> None:
         super().__init__()
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")

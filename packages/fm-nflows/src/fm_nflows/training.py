@@ -36,10 +36,20 @@ class FitHistory:
     seconds: float = 0.0
 
 
-def fit(flow: Flow, sample_fn: SampleFn, steps: int, batch_size: int = 512, lr: float = 1e-3, *,
-        weight_decay: float = 0.0, grad_clip: float | None = 1.0, schedule: str = "cosine",
-        warmup: int = 0, record_every: int = 10,
-        callback: Callable[[int, dict[str, float]], None] | None = None) -> FitHistory:
+def fit(
+    flow: Flow,
+    sample_fn: SampleFn,
+    steps: int,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    *,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = 1.0,
+    schedule: str = "cosine",
+    warmup: int = 0,
+    record_every: int = 10,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> FitHistory:
     """Train ``flow`` by maximum likelihood for ``steps`` steps; returns a :class:`FitHistory`.
 
     Args:
@@ -107,8 +117,7 @@ def fit(flow: Flow, sample_fn: SampleFn, steps: int, batch_size: int = 512, lr: 
             history.nll.append(-(base + logdet))
             history.lr.append(current_lr)
             if callback is not None:
-                callback(step + 1, {"nll": -(base + logdet), "base_log_prob": base,
-                                    "logdet": logdet, "lr": current_lr})
+                callback(step + 1, {"nll": -(base + logdet), "base_log_prob": base, "logdet": logdet, "lr": current_lr})
             acc.zero_()
             n_acc = 0
     history.seconds = time.perf_counter() - start

@@ -11,6 +11,7 @@ from .checkpoint import (
     CHECKPOINT_DIRNAME,
     Checkpoint,
     CheckpointError,
+    atomic_file,
     atomic_write_text,
     check_state_dict,
     find_checkpoint,
@@ -32,6 +33,7 @@ from .loop import Trainer, TrainingDivergedError, TrainResult
 from .rng import capture_rng_state, restore_rng_state, seed_everything
 from .rundir import METRICS_FILENAME, RunDir, machine_info
 from .schedule import SCHEDULES, decay_progress, lr_at
+from .sweep import CsvLog, TaskContext, TaskResult, read_csv_rows, run_pool
 
 __version__ = "0.1.0"
 
@@ -40,6 +42,7 @@ __all__ = [
     "CSVLogger",
     "Checkpoint",
     "CheckpointError",
+    "CsvLog",
     "DEFAULT_STEPS",
     "DEVICE_CHOICES",
     "DistInfo",
@@ -56,11 +59,14 @@ __all__ = [
     "StepInfo",
     "StopFn",
     "StrictConfig",
+    "TaskContext",
+    "TaskResult",
     "TensorBoardLogger",
     "TrainConfig",
     "TrainResult",
     "Trainer",
     "TrainingDivergedError",
+    "atomic_file",
     "atomic_write_text",
     "autocast",
     "capture_rng_state",
@@ -76,10 +82,12 @@ __all__ = [
     "machine_info",
     "maybe_compile",
     "read_csv_columns",
+    "read_csv_rows",
     "read_json",
     "recover_checkpoint",
     "resolve_device",
     "restore_rng_state",
+    "run_pool",
     "save_checkpoint",
     "seed_everything",
 ]

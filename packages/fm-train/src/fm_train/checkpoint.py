@@ -28,10 +28,11 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from safetensors.torch import load_file as _st_load_file
@@ -116,32 +117,47 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temporary file beside it, fsync, ``os.replace``).
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` (``mode`` "wb" or "w"); on a clean exit it is flushed,
+    fsynced and renamed to ``path`` (missing folders are created). The temporary name is unique per
+    writer (``tempfile.mkstemp``), so two processes writing the same file leave one of the two
+    complete files, never a mix. On an error the temporary file is removed and ``path`` is
+    untouched; an ``OSError`` (full disk, no permission) is re-raised with ``path`` as its file
+    name, so its message names the file the user knows, not the temporary one.
 
-    An ``OSError`` (full disk, no permission) is re-raised with ``path`` as its file name, so
-    its message names the file the user knows, not the temporary one; ``path`` is untouched.
+        with atomic_file("out/samples.npz") as f:
+            numpy.savez_compressed(f, images=images)
     """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
     path = Path(path)
-    tmp = None
+    tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "w", encoding="utf-8") if mode == "w" else os.fdopen(fd, "wb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+        tmp = None
     except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        if e.errno is None:  # not from the file system (e.g. an encoder's own error): as it is
+            raise
         raise type(e)(e.errno, e.strerror or _first_line(e), str(path)) from None
-    except BaseException:
+    finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_file`: temporary file beside it, fsync,
+    ``os.replace``; an ``OSError`` names ``path``; ``path`` is untouched on failure)."""
+    with atomic_file(path, "w") as f:
+        f.write(text)
+    return Path(path)
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:

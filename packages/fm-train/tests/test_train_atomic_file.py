@@ -1,11 +1,10 @@
-"""atomic_file: all or nothing, no temporary files left, OSError naming the target; progress bars
-stay off where nobody watches."""
+"""atomic_file: all or nothing, no temporary files left, OSError naming the target."""
 
 from __future__ import annotations
 
 import pytest
 
-from fm_cli import atomic_file, progress
+from fm_train import atomic_file
 
 
 def test_atomic_file_replaces_or_leaves_untouched(tmp_path):
@@ -28,8 +27,8 @@ def test_atomic_file_oserror_names_the_target(tmp_path):
     assert e.value.filename == str(blocker / "out.npz")
 
 
-def test_progress_is_off_when_quiet_or_not_a_terminal(capsys):
-    assert list(progress(range(5), desc="x")) == [0, 1, 2, 3, 4]  # pytest's stderr is no terminal
-    assert progress(range(2), quiet=True).disable
-    assert progress(total=3).disable
-    assert capsys.readouterr().err == ""
+def test_atomic_write_text_through_atomic_file(tmp_path):
+    from fm_train import atomic_write_text
+
+    assert atomic_write_text(tmp_path / "x.json", "{}\n").read_text() == "{}\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
