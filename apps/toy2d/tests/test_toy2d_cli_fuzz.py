@@ -7,7 +7,6 @@ are legal reach the (patched) work functions, so the table cannot pass by reject
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -21,17 +20,9 @@ HUGE_INT = "100000000000000000000000"
 HUGE = ("1e23", HUGE_INT)
 
 
-class Reached(Exception):
-    """The command got past argument checking into real work."""
-
-
 @pytest.fixture(autouse=True)
-def no_work(monkeypatch, tmp_path):
-    def reached(*a, **k):
-        raise Reached
-
-    for name in ("train", "load_run"):
-        monkeypatch.setattr(training, name, reached)
+def no_work(cli_fuzz, monkeypatch, tmp_path):
+    cli_fuzz.stop_at(training, "train", training, "load_run")
     monkeypatch.chdir(tmp_path)
 
 
@@ -79,57 +70,24 @@ def base_args(command: str, run) -> list[str]:
     return ["eval", "--run", str(run), "--device", "cpu"]
 
 
-def call(argv) -> tuple[int | str, float]:
-    t0 = time.perf_counter()
-    try:
-        code = cli.main(argv)
-    except SystemExit as e:
-        code = e.code
-    except Reached:
-        code = "reached"
-    return code, time.perf_counter() - t0
-
-
-def test_every_value_flag_is_in_the_table():
+def test_every_value_flag_is_in_the_table(cli_fuzz):
     """A flag added later without a fuzz row fails here."""
-    parser = cli.build_parser()
-    subs = parser._subparsers._group_actions[0].choices
+    valued = cli_fuzz.value_flags(cli.build_parser())
     for command, flags in FLAGS.items():
-        valued = {
-            a.option_strings[0]
-            for a in subs[command]._actions
-            if a.option_strings and a.nargs != 0 and a.option_strings[0] != "-h"
-        }
-        assert valued == set(flags), command
+        assert valued[command] == set(flags), command
 
 
 CASES = [(c, f) for c, flags in FLAGS.items() for f in flags]
 
 
 @pytest.mark.parametrize("command, flag", CASES, ids=[f"{c}{f}" for c, f in CASES])
-def test_fuzzed_flag(command, flag, fake_run, capsys):
-    base = base_args(command, fake_run)
-    if flag in base:  # the flag replaces the base value
-        i = base.index(flag)
-        base = base[:i] + base[i + 2 :]
-    problems = []
-    for value in BAD_VALUES:
-        code, seconds = call(base + [flag, value])
-        err = capsys.readouterr().err
-        if value in FLAGS[command][flag]:
-            if code != "reached":
-                problems.append(f"{flag} {value!r}: legal value refused ({code}): {err.strip()[-200:]}")
-            continue
-        named = (flag, flag.lstrip("-").replace("-", "_"), flag.lstrip("-"))
-        if code != 2 or "usage:" not in err or "Traceback" in err or not any(n in err for n in named):
-            problems.append(f"{flag} {value!r}: exit {code}, stderr {err.strip()[-200:]!r}")
-        elif seconds > 2.0:
-            problems.append(f"{flag} {value!r}: refused only after {seconds:.1f} s")
+def test_fuzzed_flag(command, flag, fake_run, cli_fuzz):
+    problems = cli_fuzz.check_flag(cli.main, base_args(command, fake_run), flag, BAD_VALUES, FLAGS[command][flag])
     assert not problems, "\n".join(problems)
 
 
-def test_the_fake_run_itself_is_accepted(fake_run, capsys):
+def test_the_fake_run_itself_is_accepted(fake_run, cli_fuzz, capsys):
     """Control: with good values every command gets past the checks."""
     for command in FLAGS:
-        code, _ = call(base_args(command, fake_run))
+        code, _ = cli_fuzz.call(cli.main, base_args(command, fake_run))
         assert code == "reached", (command, capsys.readouterr().err)

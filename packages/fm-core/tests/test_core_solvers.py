@@ -346,3 +346,22 @@ def test_no_graph_by_default_and_gradient_with_grad_true():
     sol = solve_ode(lambda x, t, y=None: A * x, x0, method="dopri5", grad=True, atol=1e-9, rtol=1e-9)
     (g,) = torch.autograd.grad(sol.x.sum(), x0)
     assert torch.allclose(g, torch.full_like(g, math.exp(A)), rtol=1e-6)
+
+
+def test_dopri5_with_grad_after_torchdiffeq_was_first_imported_in_inference_mode():
+    """sample() runs under inference mode; if it is the first to import torchdiffeq, the tableaux
+    must still be ordinary tensors so that a later solve can backpropagate."""
+    import subprocess
+    import sys
+
+    code = (
+        "import math, torch\n"
+        "from fm_core import sample, solve_ode\n"
+        "sample(lambda x, t: -x, 4, (2,), method='dopri5', seed=0)\n"
+        "x0 = torch.tensor([[0.3, -0.2]], dtype=torch.float64, requires_grad=True)\n"
+        "sol = solve_ode(lambda x, t: 1.3 * x, x0, method='dopri5', grad=True, atol=1e-9, rtol=1e-9)\n"
+        "(g,) = torch.autograd.grad(sol.x.sum(), x0)\n"
+        "assert torch.allclose(g, torch.full_like(g, math.exp(1.3)), rtol=1e-6), g\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

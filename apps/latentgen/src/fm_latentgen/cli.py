@@ -50,40 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--lr", type=argtypes.positive_float, default=None, help=f"peak learning rate (default: {VAE_DEFAULTS['lr']})"
     )
-    v.add_argument(
-        "--kl-weight",
-        type=argtypes.nonneg_float,
-        default=None,
-        help=f"KL weight per latent element (default: {VAE_DEFAULTS['kl_weight']})",
-    )
-    v.add_argument(
-        "--channels",
-        type=argtypes.channel_list,
-        default=None,
-        help="encoder widths per level, len - 1 downsamplings (default: 8,16,32,32)",
-    )
-    v.add_argument(
-        "--latent-channels",
-        type=argtypes.positive_int,
-        default=None,
-        help=f"(default: {VAE_DEFAULTS['latent_channels']})",
-    )
+    # fmt: off
+    v.add_argument("--kl-weight", type=argtypes.nonneg_float, default=None,
+                   help=f"KL weight per latent element (default: {VAE_DEFAULTS['kl_weight']})")
+    v.add_argument("--channels", type=argtypes.channel_list, default=None,
+                   help="encoder widths per level, len - 1 downsamplings (default: 8,16,32,32)")
+    v.add_argument("--latent-channels", type=argtypes.positive_int, default=None,
+                   help=f"(default: {VAE_DEFAULTS['latent_channels']})")
+    # fmt: on
     flags.add_seed(v, None, default_text="0")
     flags.add_data_dir(v)
     flags.add_out(v, default_text="runs/vae-<dataset>-<time>")
     flags.add_resume(v)
-    v.add_argument(
-        "--fit-n",
-        type=argtypes.count_int,
-        default=10_000,
-        help="training images the scale and shift are fitted on (default: 10000)",
-    )
-    v.add_argument(
-        "--eval-n",
-        type=argtypes.count_int,
-        default=1000,
-        help="test images whose reconstructions are scored (default: 1000)",
-    )
+    # fmt: off
+    v.add_argument("--fit-n", type=argtypes.count_int, default=10_000,
+                   help="training images the scale and shift are fitted on (default: 10000)")
+    v.add_argument("--eval-n", type=argtypes.count_int, default=1000,
+                   help="test images whose reconstructions are scored (default: 1000)")
+    # fmt: on
     flags.add_quiet(v)
     flags.add_device(v)
     flags.add_threads(v)

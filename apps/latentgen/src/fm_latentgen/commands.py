@@ -73,21 +73,10 @@ def cmd_train_vae(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
         return train_vae(cfg, run.out, data_dir=args.data_dir, resume=args.resume, fit_n=args.fit_n, eval_n=args.eval_n)
 
-    return train_command(
-        PROG,
-        parser,
-        args,
-        prefix=f"vae-{args.dataset or 'mnist'}",
-        read=read_vae_run,
-        from_args=from_args,
-        train=train,
-        fields=VAE_ARGS,
-        fixed=tuple(VAE_ARCH),
-        default_steps=VAE_STEPS,
-        errors=(DataError,),
-        command="train-vae",
-        report=_vae_line,
-    )
+    return train_command(PROG, parser, args, prefix=f"vae-{args.dataset or 'mnist'}", read=read_vae_run,
+                         from_args=from_args, train=train, fields=VAE_ARGS, fixed=tuple(VAE_ARCH),
+                         default_steps=VAE_STEPS, errors=(DataError,), command="train-vae",
+                         report=_vae_line)  # fmt: skip
 
 
 def cmd_encode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

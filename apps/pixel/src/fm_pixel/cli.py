@@ -67,39 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="velocity network: unet, mlp or dit (fm_nets.DiT, 2x2 patches) (default: the recipe's, unet)",
     )
     flags.add_data_dir(t)
-    adv.add_argument(
-        "--recipe",
-        choices=tuple(RECIPES),
-        default=None,
-        help="default | mit (MIT 6.S184 lab) | post (blog post MLP) (default: default)",
-    )
-    adv.add_argument(
-        "--channels",
-        type=argtypes.channel_list,
-        default=None,
-        help="U-Net widths per level, e.g. 32,64,128 (default: the recipe's)",
-    )
-    adv.add_argument(
-        "--res-blocks",
-        type=argtypes.int_at_least(1, "a positive integer", 16),
-        default=None,
-        help="U-Net residual blocks per level (default: the recipe's)",
-    )
-    adv.add_argument(
-        "--patch-size",
-        type=argtypes.int_at_least(1, "a positive integer", 28),
-        default=None,
-        help="U-Net pixel-unshuffle patch (1, 2, 4); DiT patch side (2, 4, 7) (default: the recipe's)",
-    )
-    adv.add_argument(
-        "--hidden", type=argtypes.width_int, default=None, help="MLP width; DiT token width (default: the recipe's)"
-    )
-    adv.add_argument(
-        "--depth",
-        type=argtypes.int_at_least(0, "an integer >= 0", 256),
-        default=None,
-        help="MLP blocks; DiT blocks (default: the recipe's)",
-    )
+    # fmt: off
+    adv.add_argument("--recipe", choices=tuple(RECIPES), default=None,
+                     help="default | mit (MIT 6.S184 lab) | post (blog post MLP) (default: default)")
+    adv.add_argument("--channels", type=argtypes.channel_list, default=None,
+                     help="U-Net widths per level, e.g. 32,64,128 (default: the recipe's)")
+    adv.add_argument("--res-blocks", type=argtypes.int_at_least(1, "a positive integer", 16), default=None,
+                     help="U-Net residual blocks per level (default: the recipe's)")
+    adv.add_argument("--patch-size", type=argtypes.int_at_least(1, "a positive integer", 28), default=None,
+                     help="U-Net pixel-unshuffle patch (1, 2, 4); DiT patch side (2, 4, 7) (default: the recipe's)")
+    adv.add_argument("--hidden", type=argtypes.width_int, default=None, help="MLP width; DiT token width (default: the recipe's)")
+    adv.add_argument("--depth", type=argtypes.int_at_least(0, "an integer >= 0", 256), default=None,
+                     help="MLP blocks; DiT blocks (default: the recipe's)")
+    # fmt: on
     add_sample_parser(sub, "draw images from a trained run into an .npz (images uint8 [N,28,28], labels int64 [N])")
     add_eval_parser(
         sub, "sample and score a run (FID vs the test split, label accuracy, coverage) into RUN/metrics.json"

@@ -120,18 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_resume(t)
     flags.add_device(t)
     flags.add_threads(t)
-    t.add_argument(
-        "--hidden",
-        type=argtypes.width_int,
-        default=None,
-        help="MLP width, or the flow's conditioner width (default: the recipe's)",
-    )
-    t.add_argument(
-        "--depth",
-        type=depth_int,
-        default=None,
-        help="MLP blocks, or the flow's coupling blocks (default: the recipe's)",
-    )
+    # fmt: off
+    t.add_argument("--hidden", type=argtypes.width_int, default=None,
+                   help="MLP width, or the flow's conditioner width (default: the recipe's)")
+    t.add_argument("--depth", type=depth_int, default=None,
+                   help="MLP blocks, or the flow's coupling blocks (default: the recipe's)")
+    # fmt: on
     t.add_argument("--no-pictures", dest="pictures", action="store_false", help="skip the pictures after training")
     flags.add_quiet(t)
 

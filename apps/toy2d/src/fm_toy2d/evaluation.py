@@ -158,19 +158,11 @@ def sample_metrics(
     }
 
 
-def evaluate(
-    run: FlowRun,
-    *,
-    n: int = 20000,
-    solver: str | None = None,
-    nfe: int | None = None,
-    seed: int | None = None,
-    n_nll: int = 2000,
-    w2_n: int = 2000,
-    ed_n: int = 5000,
-    nll: bool = True,
-    quiet: bool = True,
-) -> dict[str, Any]:
+# fmt: off
+def evaluate(run: FlowRun, *, n: int = 20000, solver: str | None = None, nfe: int | None = None,
+             seed: int | None = None, n_nll: int = 2000, w2_n: int = 2000, ed_n: int = 5000, nll: bool = True,
+             quiet: bool = True) -> dict[str, Any]:
+    # fmt: on
     """Sample n points with (solver, nfe) (default: the run's) and compare with n held-out points.
 
     Returns {"step", "samples": {...}, "energy_distance", "w2", "quality": {...}, "nll": {...}}

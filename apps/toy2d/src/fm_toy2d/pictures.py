@@ -29,7 +29,7 @@ from fm_cli import progress
 from fm_core import SampleResult
 from fm_train import RunDir
 
-from . import plots
+from . import plots, plots_eval
 from .config import RunConfig
 from .evaluation import SAMPLE_OFFSET, headline, heldout_data, nfe_sweep, reversibility, sample_quality
 from .training import FlowRun
@@ -196,13 +196,13 @@ def write_pictures(run: FlowRun, *, n: int = 20000, fast: bool | None = None, qu
     def loss() -> None:
         hist = RunDir(d).read_history(("step", "loss", "lr", "elapsed_s"))
         if hist["step"]:
-            written.append(plots.plot_loss(d / "loss.png", hist, title=f"{label}: training loss ({recipe})"))
+            written.append(plots_eval.plot_loss(d / "loss.png", hist, title=f"{label}: training loss ({recipe})"))
 
     def quantization() -> None:
         key, key_label, target = _quality_axis(cfg)
         rows, kept = nfe_sweep(run, n=2000 if fast else 5000, seed=seed, keep=1500 if fast else 3000)
         written.append(
-            plots.plot_nfe_quality(
+            plots_eval.plot_nfe_quality(
                 d / "nfe_quality.png",
                 rows,
                 quality_key=key,
@@ -214,7 +214,7 @@ def write_pictures(run: FlowRun, *, n: int = 20000, fast: bool | None = None, qu
         notes = {(r["solver"], r["nfe"]): (f"{r[key]:.1%}" if key and r.get(key) is not None
                                            else f"ED {r['energy_distance']:.3f}") for r in rows}  # fmt: skip
         written.append(
-            plots.plot_nfe_grid(
+            plots_eval.plot_nfe_grid(
                 d / "nfe_grid.png",
                 kept,
                 extent,
@@ -227,7 +227,9 @@ def write_pictures(run: FlowRun, *, n: int = 20000, fast: bool | None = None, qu
     def reversible() -> None:
         rev, arrays = reversibility(run, n=1000 if fast else 3000)
         written.append(
-            plots.plot_reversibility(d / "reversibility.png", arrays["x"], arrays["z"], arrays["x_rec"], extent, rev)
+            plots_eval.plot_reversibility(
+                d / "reversibility.png", arrays["x"], arrays["z"], arrays["x_rec"], extent, rev
+            )
         )
         metrics["reversibility"] = rev
 

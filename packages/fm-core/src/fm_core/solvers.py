@@ -362,7 +362,11 @@ def _solve_adaptive(
     rtol: float,
     keep: bool,
 ) -> tuple[list[Tensor], int]:
-    from torchdiffeq import odeint  # imported lazily: only adaptive methods need it
+    # Imported lazily (only adaptive methods need it), and never inside inference mode: torchdiffeq
+    # builds its Butcher tableaux as tensors at import, and tensors made under torch.inference_mode()
+    # cannot take part in a later solve with grad=True (found when sample() ran dopri5 first).
+    with torch.inference_mode(False):
+        from torchdiffeq import odeint
 
     # torchdiffeq's initial-step heuristic probes the velocity at t0 + h0, which may fall outside
     # [t0, t1]; clamp the time handed to the model so it is never asked outside the interval.

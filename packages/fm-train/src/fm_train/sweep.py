@@ -223,9 +223,11 @@ def _init_worker(q: Any, threads: int | None) -> None:
 
 
 def _send(message: tuple) -> None:
-    # pickled here, in the task's thread: an event that cannot be pickled is the task's error, not a
-    # message the queue's feeder thread drops silently
-    _QUEUE.put(pickle.dumps(message))
+    # tried here, in the task's thread: an event that cannot be pickled is the task's error, not a
+    # message the queue's feeder thread drops silently (the queue pickles it again to send it; the
+    # parent never unpickles bytes itself)
+    pickle.dumps(message)
+    _QUEUE.put(message)
 
 
 def _worker(index: int, task: Any, fn: Callable[[Any, TaskContext], Any], deadline: float | None) -> None:
@@ -326,8 +328,8 @@ def _run_processes(tasks: list, fn: Callable, workers: int, deadline: float | No
         os.environ.update({k: str(threads) for k in env_before})
     done: set[int] = set()
 
-    def handle(message: bytes) -> None:
-        kind, index, payload = pickle.loads(message)
+    def handle(message: tuple) -> None:
+        kind, index, payload = message
         if kind == "event":
             event(index, payload)
         else:
@@ -376,6 +378,6 @@ def _run_processes(tasks: list, fn: Callable, workers: int, deadline: float | No
                 message = q.get_nowait()
             except (queue_mod.Empty, OSError, ValueError):
                 break
-            kind, index, payload = pickle.loads(message)
+            kind, index, payload = message
             if kind == "event":
                 event(index, payload)
