@@ -207,6 +207,7 @@ def test_bad_arguments_raise(kwargs, match):
 
 
 def test_progress_bar(capsys):
+    pytest.importorskip("tqdm", reason="the progress bar is optional: fm-core does not depend on tqdm")
     sample(lambda x, t: -x, 6, (2,), steps=1, batch_size=2, progress=True)
     assert "sampl" in capsys.readouterr().err
 
