@@ -169,3 +169,17 @@ def test_set_threads():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_guidance_problem_needs_a_conditional_run_with_label_dropout():
+    from fm_cli.flags import guidance_problem
+
+    assert guidance_problem(None, conditional=False, label_dropout=0.0) is None
+    assert guidance_problem(1.0, conditional=False, label_dropout=0.0) is None
+    assert guidance_problem(2.0, conditional=True, label_dropout=0.1) is None
+    assert guidance_problem(2.0, conditional=False, label_dropout=0.0) == (
+        "--guidance 2: the run is unconditional; guidance needs a conditional run"
+    )
+    assert guidance_problem(1.5, conditional=True, label_dropout=0.0, flags=False) == (
+        "guidance=1.5: the run was trained without label dropout, so it has no null label; use guidance=1"
+    )

@@ -202,12 +202,10 @@ def _sampler(
         flags.refuse_inapplicable(parser, args, dict.fromkeys(given, NF_EXACT))
         return None, None
     solver, nfe = flags.resolve_sampler(parser, args.solver, args.nfe, run_solver=cfg.solver, run_nfe=cfg.nfe)
-    guidance = getattr(args, "guidance", None)
-    if guidance is not None and guidance != 1.0:  # fm-toy2d trains without label dropout: no null label
-        if not cfg.conditional:
-            parser.error(f"--guidance {guidance:g}: the run is unconditional; guidance needs a conditional run")
-        parser.error(f"--guidance {guidance:g}: the run was trained without label dropout, so it has no null label; "
-                     "use --guidance 1")  # fmt: skip
+    # fm-toy2d trains without label dropout: no null label, so only guidance 1
+    problem = flags.guidance_problem(getattr(args, "guidance", None), conditional=cfg.conditional, label_dropout=0.0)
+    if problem:
+        parser.error(problem)
     return solver, nfe
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "check_data_dir",
     "check_output_paths",
     "flag_given",
+    "guidance_problem",
     "refuse_inapplicable",
     "resolve_sampler",
     "set_threads",
@@ -283,3 +284,19 @@ def refuse_inapplicable(parser: argparse.ArgumentParser, args: argparse.Namespac
                 for reason, names in by_reason.items()
             )
         )
+
+
+def guidance_problem(
+    guidance: float | None, *, conditional: bool, label_dropout: float, flags: bool = True
+) -> str | None:
+    """Why a run cannot sample with classifier-free ``guidance`` (None or 1: nothing to check), or
+    None: guidance other than 1 needs a conditional run trained with label dropout (the null label).
+    ``flags`` names the value as the command line does (``--guidance 2``), else as an argument."""
+    if guidance is None or guidance == 1.0:
+        return None
+    name, one = (f"--guidance {guidance:g}", "--guidance 1") if flags else (f"guidance={guidance:g}", "guidance=1")
+    if not conditional:
+        return f"{name}: the run is unconditional; guidance needs a conditional run"
+    if label_dropout == 0.0:
+        return f"{name}: the run was trained without label dropout, so it has no null label; use {one}"
+    return None

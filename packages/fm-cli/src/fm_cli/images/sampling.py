@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from fm_core import ADAPTIVE_METHODS, SampleResult, fit_nfe, sample
 from fm_train import RunDir, machine_info
 
+from ..flags import guidance_problem
 from .config import ImageRunConfig
 
 __all__ = ["check_label_guidance", "eval_line", "record_eval", "sample_images"]
@@ -33,25 +34,14 @@ def check_label_guidance(
     1 needs a conditional run trained with label dropout (the null label). ``flags`` names the
     values as the command line does (``--label 4``), else as arguments (``label=4``)."""
 
-    def name(key: str, value: float) -> str:
-        return f"--{key} {value:g}" if flags else f"{key}={value:g}"
-
-    one = "--guidance 1" if flags else "guidance=1"
-    if not cfg.conditional:
-        if label is not None:
-            raise ValueError(f"{name('label', label)}: the run is unconditional (trained without --conditional)")
-        if guidance is not None and guidance != 1.0:
-            raise ValueError(
-                f"{name('guidance', guidance)}: the run is unconditional; guidance needs a conditional run"
-            )
-        return
-    if guidance is not None and guidance != 1.0 and cfg.label_dropout == 0.0:
-        raise ValueError(
-            f"{name('guidance', guidance)}: the run was trained without label dropout, so it has no null label; "
-            f"use {one}"
-        )
-    if label is not None and label not in cfg.sample_classes:
-        raise ValueError(f"{name('label', label)}: not a trained class; this run's classes are {cfg.sample_classes}")
+    label_name = f"--label {label}" if flags else f"label={label}"
+    if not cfg.conditional and label is not None:
+        raise ValueError(f"{label_name}: the run is unconditional (trained without --conditional)")
+    problem = guidance_problem(guidance, conditional=cfg.conditional, label_dropout=cfg.label_dropout, flags=flags)
+    if problem:
+        raise ValueError(problem)
+    if cfg.conditional and label is not None and label not in cfg.sample_classes:
+        raise ValueError(f"{label_name}: not a trained class; this run's classes are {cfg.sample_classes}")
 
 
 def sample_images(
