@@ -22,9 +22,13 @@ from torch import Tensor, nn
 
 from ._internal import VelocityField
 from .guidance import CFGVelocity
+from .meanflow import flow_map_solve
 from .solvers import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, solve_ode, steps_for_nfe
 
-__all__ = ["SampleResult", "balanced_labels", "draw_source", "sample"]
+__all__ = ["FLOW_MAP", "SampleResult", "balanced_labels", "draw_source", "sample"]
+
+#: the ``method`` of :func:`sample` for two-time models (:func:`fm_core.flow_map_solve`).
+FLOW_MAP = "flow-map"
 
 
 @dataclass
@@ -199,7 +203,10 @@ def sample(
         classes: the class ids balanced labels cycle through (default: all).
         random_labels: draw labels at random (after the noise, from the same generator).
         method: ``euler``, ``midpoint``, ``heun``, ``rk4`` (fixed steps) or an adaptive method
-            such as ``dopri5`` (see :func:`fm_core.solve_ode`).
+            such as ``dopri5`` (see :func:`fm_core.solve_ode`); or ``flow-map`` for a two-time model
+            ``model(x, r, t, y) -> u`` (average velocity, :func:`fm_core.flow_map_solve`: one
+            evaluation per step, ``nfe=1`` is one-step generation). A two-time model goes through the
+            ODE methods as ``fm_core.InstantaneousVelocity(model)``.
         nfe, steps, time_grid: at most one, for a fixed-step method: evaluations per sample (a
             multiple of the method's evaluations per step), a number of uniform steps, or explicit
             time points (default: :data:`fm_core.solvers.DEFAULT_STEPS` steps). An adaptive method
@@ -234,7 +241,11 @@ def sample(
     given = [k for k, v in (("nfe", nfe), ("steps", steps), ("time_grid", time_grid)) if v is not None]
     if len(given) > 1:
         raise ValueError(f"give at most one of nfe, steps and time_grid, got {' and '.join(given)}")
-    if nfe is not None:  # checks the method too: unknown, or adaptive with an nfe, is a ValueError
+    flow_map = method == FLOW_MAP
+    if flow_map:
+        if nfe is not None:
+            steps = _positive_int("nfe", nfe)  # one evaluation per flow-map step
+    elif nfe is not None:  # checks the method too: unknown, or adaptive with an nfe, is a ValueError
         steps = steps_for_nfe(method, nfe)
     elif method in ADAPTIVE_METHODS and steps is not None:
         raise ValueError(
@@ -258,7 +269,7 @@ def sample(
         random_labels=random_labels,
     )
     velocity: Any = model
-    if guidance != 1.0:
+    if guidance != 1.0 and not flow_map:  # flow_map_solve guides u itself
         if num_classes is None:
             raise ValueError(
                 f"guidance={guidance:g} needs num_classes (the null label of classifier-free "
@@ -285,17 +296,29 @@ def sample(
                 x0 = noise[start : start + batch_size].to(device)
                 y = None if y_all is None else y_all[start : start + batch_size].to(device)
                 follow = max(0, min(keep - start, x0.shape[0]))
-                sol = solve_ode(
-                    velocity,
-                    x0,
-                    method=method,
-                    steps=steps,
-                    time_grid=time_grid,
-                    y=y,
-                    atol=atol,
-                    rtol=rtol,
-                    return_trajectory=follow > 0,
-                )
+                if flow_map:
+                    sol = flow_map_solve(
+                        model,
+                        x0,
+                        steps=steps,
+                        time_grid=time_grid,
+                        y=y,
+                        guidance=guidance,
+                        num_classes=num_classes,
+                        return_trajectory=follow > 0,
+                    )
+                else:
+                    sol = solve_ode(
+                        velocity,
+                        x0,
+                        method=method,
+                        steps=steps,
+                        time_grid=time_grid,
+                        y=y,
+                        atol=atol,
+                        rtol=rtol,
+                        return_trajectory=follow > 0,
+                    )
                 used, times = max(used, sol.nfe), sol.times
                 x = sol.x.float()
                 outs.append((x if decode is None else decode(x)).cpu())
