@@ -24,9 +24,17 @@ from .guidance import CFGVelocity
 from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
 from .loss import FlowMatchingLoss, batch_marginal_target, shard_slice
 from .marginal import EmpiricalMarginalVelocity, gaussian_marginal_velocity
+from .meanflow import (
+    AverageVelocityField,
+    InstantaneousVelocity,
+    MeanFlowLoss,
+    call_average_velocity,
+    flow_map_solve,
+    meanflow_target,
+)
 from .paths import AffinePath, CondOTPath, PathSample
 from .posterior import posterior_mean
-from .sampling import SampleResult, balanced_labels, draw_source, sample
+from .sampling import FLOW_MAP, SampleResult, balanced_labels, draw_source, sample
 from .schedulers import (
     SCHEDULERS,
     CondOTScheduler,
@@ -55,7 +63,7 @@ from .time_samplers import (
     get_time_sampler,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     # the model signature
@@ -99,6 +107,14 @@ __all__ = [
     "EmpiricalMarginalVelocity",
     "gaussian_marginal_velocity",
     "posterior_mean",
+    # two-time (average-velocity) models: MeanFlow and the flow-map sampler
+    "AverageVelocityField",
+    "InstantaneousVelocity",
+    "MeanFlowLoss",
+    "meanflow_target",
+    "call_average_velocity",
+    "flow_map_solve",
+    "FLOW_MAP",
     # ODE solvers, sampling and likelihood
     "ODESolution",
     "solve_ode",
