@@ -91,6 +91,8 @@ def test_license_classifiers_and_types_ship(member: Path):
     assert "LICENSE" in project.get("license-files", []), f"{member.name}: LICENSE not in license-files"
     assert (member / "LICENSE").read_text() == (ROOT / "LICENSE").read_text()
     classifiers = project.get("classifiers", [])
-    assert "Typing :: Typed" in classifiers and any(c.startswith("Programming Language :: Python :: 3.") for c in classifiers)
+    assert "Typing :: Typed" in classifiers and any(
+        c.startswith("Programming Language :: Python :: 3.") for c in classifiers
+    )
     assert not any(c.startswith("License ::") for c in classifiers), "license classifiers conflict with PEP 639"
     assert (_module_dir(member) / "py.typed").exists()

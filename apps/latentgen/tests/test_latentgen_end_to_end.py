@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fm_cli.pictures import CAPTION_HEIGHT, title_margin
 from fm_data.images import load_images
 from fm_latentgen.cli import main
 
@@ -104,9 +105,9 @@ def test_train_vae_saves_a_diffusers_vae_with_its_scale(pipeline):
     assert rec["steps"] == 2 and rec["reconstruction"]["n"] == 40 and rec["latent_shape"] == [4, 4, 4]
     with Image.open(pipeline / "vae" / "reconstructions.png") as im:
         assert im.format == "PNG" and im.size == (
-            2 * (10 * 30 + 2),
+            2 * (10 * 30 + 2) + title_margin(),
             2 * (8 * 30 + 2),
-        )  # 40 test images: 4 pairs of rows of 10
+        )  # 40 test images: 4 pairs of rows of 10, "original" / "reconstruction" left of them
 
 
 def test_encode_writes_a_cache_of_this_vae(pipeline):
@@ -143,7 +144,7 @@ def test_train_writes_the_run_directory(pipeline):
     assert (run / "vae" / "config.json").is_file() and (run / "checkpoint" / "ema.safetensors").is_file()
     for name in ("samples/step_000002.png", "samples/step_000003.png", "samples.png"):
         with Image.open(run / name) as im:
-            assert im.size == (2 * (8 * 30 + 2), 2 * (4 * 30 + 2))  # 2 classes: 32 images, 8 a row
+            assert im.size == (2 * (8 * 30 + 2), 2 * (4 * 30 + 2) + CAPTION_HEIGHT)  # 2 classes: 32 images, 8 a row
 
 
 def test_sample_npz_grid_gif(pipeline, tmp_path, capsys):

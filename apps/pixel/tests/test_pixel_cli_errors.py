@@ -41,7 +41,7 @@ def run(argv, capsys) -> tuple[int, str]:
         (["train", "--net", "dit", "--res-blocks", "2"], "--res-blocks"),
         (["train", "--net", "dit", "--patch-size", "3"], "patch"),
         (["train", "--device", "tpu"], "tpu"),
-        (["train", "--bf16", "--device", "cpu"], "--bf16"),
+        (["train", "--bf16", "--precision", "fp32"], "--bf16"),  # the old switch against the new flag
         (["train", "--resume"], "--resume needs --out"),
         (["sample", "--run", "x", "--n", "0", "--out", "s.npz"], "'0'"),
         (["sample", "--run", "x", "--n", "4", "--solver", "rk5", "--out", "s.npz"], "rk5"),

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fm_cli.pictures import CAPTION_HEIGHT
 from fm_data.images import load_images
 from fm_pixel.cli import main
 
@@ -64,7 +65,7 @@ def test_train_writes_the_run_directory(cond_run):
     # grids at step 2 (sample_every) and at the end (step 3); 2 classes -> 8 columns x 4 rows
     for name in ("samples/step_000002.png", "samples/step_000003.png", "samples.png"):
         with Image.open(cond_run / name) as im:
-            assert im.format == "PNG" and im.size == (2 * (8 * 30 + 2), 2 * (4 * 30 + 2))
+            assert im.format == "PNG" and im.size == (2 * (8 * 30 + 2), 2 * (4 * 30 + 2) + CAPTION_HEIGHT)
 
 
 def test_sample_npz_grid_gif(cond_run, tmp_path, capsys):

@@ -43,6 +43,7 @@ from fm_cli.images import (
     train_command,
     training_grids,
 )
+from fm_cli.pictures import CAPTION_HEIGHT
 from fm_core import ExactOTCoupling, FlowMatchingLoss, IndependentCoupling, UniformTime
 from fm_data.images import CLASS_NAMES, IMAGE_DATASETS, parse_classes, to_uint8
 from fm_train import StepContext, Trainer, save_checkpoint
@@ -258,8 +259,8 @@ def test_training_grids_write_labelled_pictures(tmp_path):
     fn(model, 7, tmp_path)
     assert calls == [(40, 1234)] and model.training  # back in training mode
     for name in ("samples/step_000007.png", "samples.png"):
-        with Image.open(tmp_path / name) as im:  # 10 columns, 4 rows, one label strip
-            assert im.size == (2 * (10 * 30 + 2), 2 * (4 * 30 + 2) + LABEL_HEIGHT)
+        with Image.open(tmp_path / name) as im:  # 10 columns, 4 rows, one label strip, the caption
+            assert im.size == (2 * (10 * 30 + 2), 2 * (4 * 30 + 2) + LABEL_HEIGHT + CAPTION_HEIGHT)
 
 
 # ----------------------------------------------------------------------------- records
@@ -338,8 +339,8 @@ def test_sample_command_writes_npz_and_labelled_grid(tmp_path, capsys):
     assert sample_command("fm-x", p, args, read=read, load=load) == 0
     with np.load(out) as z:
         assert z["images"].shape == (20, 28, 28) and z["labels"].tolist() == list(range(10)) * 2
-    with Image.open(tmp_path / "g.png") as im:  # 10 columns (one per class), 2 rows, names above
-        assert im.size == (2 * (10 * 30 + 2), 2 * (2 * 30 + 2) + LABEL_HEIGHT)
+    with Image.open(tmp_path / "g.png") as im:  # 10 columns (one per class), 2 rows, names above, caption below
+        assert im.size == (2 * (10 * 30 + 2), 2 * (2 * 30 + 2) + LABEL_HEIGHT + CAPTION_HEIGHT)
     out_line = capsys.readouterr().out
     assert "sampled 20 images (labels [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]; euler, NFE 10, guidance 2)" in out_line
 

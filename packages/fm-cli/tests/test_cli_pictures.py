@@ -109,7 +109,7 @@ def test_save_gif(tmp_path):
 def test_save_reconstructions(tmp_path):
     a = torch.full((3, 28, 28), 50, dtype=torch.uint8)
     b = torch.full((3, 28, 28), 150, dtype=torch.uint8)
-    p = save_reconstructions(a, b, tmp_path / "r.png", ncol=2)
+    p = save_reconstructions(a, b, tmp_path / "r.png", ncol=2, titles=None)
     with Image.open(p) as im:
         g = np.asarray(im)
     # rows: a0 a1 / b0 b1 / a2 blank / b2 blank -> 4 rows of 2 columns at scale 2

@@ -87,20 +87,6 @@ def test_only_rank_0_checks_for_an_existing_run(tmp_path, monkeypatch):
     assert tr.choose_run_dir(parser(), run, resume=False, prefix="x").out == run
 
 
-def test_check_bf16(capsys):
-    import torch
-
-    tr.check_bf16(parser(), False, "cpu")
-    err = usage_error(capsys, tr.check_bf16, parser(), True, "cpu")
-    assert (
-        err
-        == "fm-x train: error: --bf16 needs a CUDA device (bf16 autocast gains nothing on cpu; float32 is used there)"
-    )
-    if torch.cuda.is_available():
-        tr.check_bf16(parser(), True, "cuda")
-
-
-# ----------------------------------------------------------------------------- resume
 @dataclass
 class Cfg:
     lr: float = 0.001

@@ -19,12 +19,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from fm_cli import add_version, argtypes, flags, run_cli
+from fm_cli.export import add_export_parser
 from fm_cli.images import add_eval_parser, add_sample_parser, add_train_parser
 from fm_data.images import IMAGE_DATASETS, parse_classes
 
 from . import __version__
 from .commands import LATENT_STEPS, PROG, VAE_STEPS
-from .config import LATENT_DEFAULTS, VAE_DEFAULTS
+from .config import DEFAULT_GUIDANCE, LATENT_DEFAULTS, VAE_DEFAULTS
 
 __all__ = ["build_parser", "main"]
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Latent flow matching on MNIST and Fashion-MNIST: a VAE, a DiT on its latents."
     )
     add_version(p, PROG, __version__)
-    sub = p.add_subparsers(dest="command", metavar="{train-vae,encode,train,sample,eval}")
+    sub = p.add_subparsers(dest="command", metavar="{train-vae,encode,train,sample,eval,export}")
 
     v = sub.add_parser("train-vae", help="train a small AutoencoderKL and save it in diffusers format (RUN/vae)")
     v.add_argument("--dataset", choices=IMAGE_DATASETS, default=None, help="data set (default: mnist)")
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"KL weight per latent element (default: {VAE_DEFAULTS['kl_weight']})")
     v.add_argument("--channels", type=argtypes.channel_list, default=None,
                    help="encoder widths per level, len - 1 downsamplings (default: 8,16,32,32)")
-    v.add_argument("--latent-channels", type=argtypes.positive_int, default=None,
+    v.add_argument("--latent-channels", type=argtypes.int_at_least(1, "a positive integer", 256), default=None,
                    help=f"(default: {VAE_DEFAULTS['latent_channels']})")
     # fmt: on
     flags.add_seed(v, None, default_text="0")
@@ -76,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
         "encode", help="encode a data set's training split once into a latent cache (OUT/latents-train.safetensors)"
     )
     e.add_argument(
-        "--vae", required=True, help="a VAE in diffusers format: a directory (e.g. RUN/vae of train-vae) or a hub id"
+        "--vae",
+        type=argtypes.nonempty_str,
+        required=True,
+        help="a VAE in diffusers format: a directory (e.g. RUN/vae of train-vae) or a hub id",
     )
     e.add_argument("--dataset", choices=IMAGE_DATASETS, default="mnist", help="data set (default: mnist)")
     flags.add_out(e, required=True, help="output directory (gets vae/ and the cache)")
@@ -102,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Flow matching on cached VAE latents with a DiT. Options left out take the latent recipe's value "
         "(see the README).",
         config=LatentConfig,
-        defaults=LATENT_DEFAULTS,
+        defaults={**LATENT_DEFAULTS, "guidance": ", ".join(f"{d} {g:g}" for d, g in DEFAULT_GUIDANCE.items())},
         recipe="latent",
         default_steps=LATENT_STEPS,
         out_default="runs/latent-<time>",
@@ -110,13 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--latents", type=argtypes.nonempty_path, default=None,
                    help="directory written by encode (required unless --resume)")  # fmt: skip
     adv.add_argument("--dit", choices=("tiny", "small"), default=None, help="DiT size (default: tiny)")
-    adv.add_argument("--patch-size", type=argtypes.positive_int, default=None,
+    adv.add_argument("--patch-size", type=argtypes.int_at_least(1, "a positive integer", 64), default=None,
                      help="DiT patch size (default: 2 for 8x8 latents and up, else 1)")  # fmt: skip
-    adv.add_argument(
-        "--hidden", type=argtypes.positive_int, default=None, help="DiT token width (default: the preset's)"
-    )
-    adv.add_argument("--depth", type=argtypes.positive_int, default=None, help="DiT blocks (default: the preset's)")
-    adv.add_argument("--heads", type=argtypes.positive_int, default=None,
+    adv.add_argument("--hidden", type=argtypes.width_int, default=None, help="DiT token width (default: the preset's)")
+    adv.add_argument("--depth", type=argtypes.int_at_least(1, "a positive integer", 256), default=None,
+                     help="DiT blocks (default: the preset's)")  # fmt: skip
+    adv.add_argument("--heads", type=argtypes.int_at_least(1, "a positive integer", 256), default=None,
                      help="DiT attention heads (default: the preset's)")  # fmt: skip
 
     add_sample_parser(
@@ -125,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(
         sub, "sample, decode and score a run (FID vs the test split, label accuracy, coverage) into RUN/metrics.json"
     )
+    add_export_parser(sub, "the EMA DiT and the VAE")
     return p
 
 
@@ -158,6 +162,30 @@ def _cmd_eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return eval_command(PROG, parser, args, read=read_run_config, load=_load)
 
 
+def _cmd_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The run's EMA DiT as a save_pretrained folder, its VAE in OUT/vae, a model card (fm_cli.export)."""
+    from fm_cli import error, one_line
+    from fm_cli.export import export_image_run
+
+    from .commands import CONFIG_ARGS, NET_ARGS
+    from .training import load_run, read_run_config
+
+    try:
+        _, config = read_run_config(args.run)
+        model, cfg, _ = load_run(args.run)
+        net_flags = {d: cfg.net_config[k] for d, k in NET_ARGS.items() if k in cfg.net_config}
+        net_flags["latents"] = config.get("latents_dir")
+        res = export_image_run(args.run, args.out, model=model, cfg=cfg, config=config, prog=PROG, section="latent",
+                               fields=CONFIG_ARGS, net_flags=net_flags, shape=tuple(cfg.latent_shape),
+                               decode="vae/ (LatentVAE.decode, crops to 28x28), then fm_data.images.to_uint8",
+                               vae_dir=args.run / "vae", vae_identity=config.get("vae"), push=args.push)  # fmt: skip
+    except ValueError as e:
+        return error(PROG, "export", one_line(e))
+    pushed = f"; pushed: {res.url}" if res.url else ""
+    print(f"exported {type(model).__name__} and its VAE ({', '.join(res.files)}) -> {res.folder}{pushed}")
+    return 0
+
+
 def _commands() -> dict[str, Any]:
     from .commands import cmd_encode, cmd_train, cmd_train_vae
 
@@ -167,6 +195,7 @@ def _commands() -> dict[str, Any]:
         "train": cmd_train,
         "sample": _cmd_sample,
         "eval": _cmd_eval,
+        "export": _cmd_export,
     }
 
 

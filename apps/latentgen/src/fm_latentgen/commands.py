@@ -140,19 +140,18 @@ def _latent_config(parser: argparse.ArgumentParser, args: argparse.Namespace):
 
 def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Flow matching with the DiT on a latent cache (torchrun: DDP)."""
-    from fm_cli import check_bf16
     from fm_cli.images import train_command
 
     from . import training
 
     if args.latents is None and not args.resume:
         parser.error("--latents is required (the directory written by fm-latentgen encode)")
-    check_bf16(parser, args.bf16, args.device)
 
     def train(cfg, run):
         latents = Path(run.stored["latents_dir"]) if run.stored is not None else args.latents
         sample_fn = training.grid_fn(cfg, run.out)
-        return training.train_latent(cfg, run.out, latents_dir=latents, resume=args.resume, sample_fn=sample_fn)
+        return training.train_latent(cfg, run.out, latents_dir=latents, resume=args.resume, sample_fn=sample_fn,
+                                     loggers=flags.make_loggers(args.log, run.out))  # fmt: skip
 
     return train_command(
         PROG,
@@ -165,6 +164,6 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         fields=CONFIG_ARGS,
         fixed=tuple(NET_ARGS),
         default_steps=LATENT_STEPS,
-        settings=dict(bf16=args.bf16, compile=args.compile, sample_every=args.sample_every),
+        settings=dict(compile=args.compile, sample_every=args.sample_every),
         errors=(ValueError,),
     )

@@ -15,11 +15,29 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from fm_cli.images.config import ImageRunConfig, ImageTrainConfig, build_config, from_recipe
+from fm_cli.argtypes import MAX_WIDTH
+from fm_cli.images.config import ImageRunConfig, ImageTrainConfig, build_config, check_network, from_recipe
 from fm_data.images import CLASS_NAMES, IMAGE_DATASETS, parse_classes
 from fm_train import StrictConfig
 
-__all__ = ["IMAGE_SIZE", "LATENT_DEFAULTS", "VAE_DEFAULTS", "LatentConfig", "VAEConfig", "dit_defaults", "make_config"]
+
+def _build_net(name: str, **config: Any) -> Any:
+    """fm_nets.build_net, imported when a network is first checked (fm-nets imports timm)."""
+    from fm_nets import build_net
+
+    return build_net(name, **config)
+
+
+__all__ = [
+    "DEFAULT_GUIDANCE",
+    "IMAGE_SIZE",
+    "LATENT_DEFAULTS",
+    "VAE_DEFAULTS",
+    "LatentConfig",
+    "VAEConfig",
+    "dit_defaults",
+    "make_config",
+]
 
 IMAGE_SIZE = 28
 
@@ -39,6 +57,11 @@ LATENT_DEFAULTS: dict[str, Any] = dict(
     weight_decay=0.0, schedule="constant", warmup_steps=100, grad_clip=1.0, ema_decay=0.999,
     solver="midpoint", nfe=10, guidance=2.0,
 )  # fmt: skip
+
+
+#: The latent recipe's guidance scale per data set (stored in each run's config at train time;
+#: --guidance overrides it), the best FID of ``fm-latentgen eval --guidance-sweep`` on a 10-minute run.
+DEFAULT_GUIDANCE: dict[str, float] = {"mnist": 2.0, "fashion-mnist": 2.0}
 
 
 def dit_defaults(latent_shape: list[int]) -> dict[str, Any]:
@@ -76,8 +99,12 @@ class VAEConfig(StrictConfig):
         self._check_choice("dataset", IMAGE_DATASETS)
         if not isinstance(self.block_out_channels, list) or not self.block_out_channels:
             raise self._invalid("block_out_channels", "a non-empty list of widths")
-        for name in ("latent_channels", "layers_per_block", "norm_num_groups"):
-            self._check_int(name, 1)
+        if len(self.block_out_channels) > 6 or any(
+            isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= MAX_WIDTH for c in self.block_out_channels
+        ):
+            raise self._invalid("block_out_channels", f"1 to 6 widths in 1..{MAX_WIDTH}")
+        for name, high in (("latent_channels", 256), ("layers_per_block", 16), ("norm_num_groups", MAX_WIDTH)):
+            self._check_int(name, 1, high)
         self._check_real("kl_weight", 0, allowed="a number >= 0")
         from fm_latent import check_small_vae
 
@@ -142,13 +169,24 @@ class LatentConfig(ImageRunConfig):
             raise self._invalid("latent_shape", "[C, h, w] with positive integers")
         if not isinstance(self.net_config, dict):
             raise self._invalid("net_config", "a dict of DiT keyword arguments")
+        # the command line's bounds for config.json too, and the DiT's own checks before the latents load
+        c = self.net_config
+        if c:  # empty until __post_init__ fills in the defaults
+            check_network(
+                self,
+                "dit",
+                {**c, "num_classes": self.num_classes},
+                lambda: float((13 * int(c.get("depth", 6)) + 4) * int(c.get("hidden_size", 128)) ** 2),
+                _build_net,
+            )
 
 
 def make_config(dataset: str, latent_shape: list[int], **overrides: Any) -> LatentConfig:
     """The latent recipe (:data:`LATENT_DEFAULTS`) with ``overrides`` (None values ignored;
-    ``net_config`` merged into :func:`dit_defaults`); an unconditional run gets no label dropout
-    and no guidance, as in fm-pixel."""
+    ``net_config`` merged into :func:`dit_defaults`; guidance: the data set's, :data:`DEFAULT_GUIDANCE`);
+    an unconditional run gets no label dropout and no guidance, as in fm-pixel."""
     net_config = dit_defaults(list(latent_shape))
     net_config.update(overrides.pop("net_config", None) or {})
     recipe = {**LATENT_DEFAULTS, "dataset": dataset, "latent_shape": list(latent_shape), "net_config": net_config}
+    recipe["guidance"] = DEFAULT_GUIDANCE.get(dataset, LATENT_DEFAULTS["guidance"])
     return from_recipe(LatentConfig, recipe, overrides)

@@ -90,9 +90,11 @@ def train_latent(
     latents_dir: str | Path,
     resume: bool = False,
     sample_fn: Callable | None = None,
+    loggers: list[Any] | None = None,
 ) -> TrainSummary:
     """Flow matching with the DiT on the cache in ``latents_dir`` (checked against its VAE), with
-    ``cfg.train``; the VAE is copied into RUN/vae and the summary recorded under "train"."""
+    ``cfg.train``; the VAE is copied into RUN/vae and the summary recorded under "train".
+    ``loggers``: fm-train's (default: loss.csv)."""
     run_dir = Path(run_dir)
     vae = load_vae(Path(latents_dir) / VAE_DIR)
     cache = load_latent_cache(Path(latents_dir) / CACHE_FILE, vae)
@@ -119,7 +121,8 @@ def train_latent(
     }
     batches = latent_batches(latents, labels if cfg.conditional else None, cfg.train.batch_size,
                              resolve_device(cfg.train.device))  # fmt: skip
-    trainer = Trainer(model, flow_loss(cfg), batches, cfg.train, run_dir, sample_fn=sample_fn, extra_config=extra)
+    trainer = Trainer(model, flow_loss(cfg), batches, cfg.train, run_dir, sample_fn=sample_fn, extra_config=extra,
+                      loggers=loggers)  # fmt: skip
     return train_and_record(trainer, resume=resume)
 
 

@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from fm_cli import add_version, argtypes, flags, run_cli
+from fm_cli.export import add_export_parser
 from fm_cli.images import add_eval_parser, add_sample_parser, add_train_parser
 from fm_data.images import IMAGE_DATASETS
 
 from . import __version__
-from .config import DEFAULT_STEPS, NETS, RECIPES
+from .config import DEFAULT_GUIDANCE, DEFAULT_STEPS, NETS, RECIPES
 
 __all__ = ["build_parser", "main"]
 
@@ -47,14 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog=PROG, description="Flow matching in pixel space on MNIST and Fashion-MNIST.")
     add_version(p, PROG, __version__)
-    sub = p.add_subparsers(dest="command", metavar="{train,sample,eval}")
+    sub = p.add_subparsers(dest="command", metavar="{train,sample,eval,export}")
     t, adv = add_train_parser(
         sub,
         "train a model; writes the run directory (checkpoint, loss.csv, sample grids)",
         "Train a flow-matching model on MNIST or Fashion-MNIST. Options left out take the recipe's value "
         "(see the README for the defaults and why).",
         config=PixelConfig,
-        defaults=RECIPES["default"],
+        defaults={**RECIPES["default"], "guidance": ", ".join(f"{d} {g:g}" for d, g in DEFAULT_GUIDANCE.items())},
         recipe="default",
         default_steps=DEFAULT_STEPS,
         out_default="runs/<dataset>-<time>",
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(
         sub, "sample and score a run (FID vs the test split, label accuracy, coverage) into RUN/metrics.json"
     )
+    add_export_parser(sub)
     return p
 
 
@@ -111,7 +113,6 @@ def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
 
 
 def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from fm_cli import check_bf16
     from fm_cli.images import train_command
     from fm_data.images import DataError
 
@@ -119,10 +120,10 @@ def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     from .sampling import read_run_config
 
     flags.check_data_dir(parser, args.data_dir)
-    check_bf16(parser, args.bf16, args.device)
 
     def train(cfg, run):
-        return training.train(cfg, run.out, data_dir=args.data_dir, resume=args.resume, sample_fn=training.grid_fn(cfg))
+        return training.train(cfg, run.out, data_dir=args.data_dir, resume=args.resume, sample_fn=training.grid_fn(cfg),
+                              loggers=flags.make_loggers(args.log, run.out))  # fmt: skip
 
     return train_command(
         PROG,
@@ -135,7 +136,7 @@ def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         fields=CONFIG_ARGS,
         fixed=NET_ARGS,
         default_steps=DEFAULT_STEPS,
-        settings=dict(bf16=args.bf16, compile=args.compile, sample_every=args.sample_every),
+        settings=dict(compile=args.compile, sample_every=args.sample_every),
         errors=(DataError,),
     )
 
@@ -170,8 +171,31 @@ def _cmd_eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return eval_command(PROG, parser, args, read=read_run_config, load=lambda a, c: _load_model(a, c))
 
 
+def _cmd_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The run's EMA network as a save_pretrained folder with a model card (fm_cli.export)."""
+    from fm_cli import error, one_line
+    from fm_cli.export import export_image_run
+
+    from .sampling import load_run, read_run_config
+
+    try:
+        _, config = read_run_config(args.run)
+        model, cfg = load_run(args.run)
+        net_flags = {d: cfg.net_config[k] for d, k in NET_FLAGS[cfg.net].items() if k in cfg.net_config}
+        res = export_image_run(args.run, args.out, model=model, cfg=cfg, config=config, prog=PROG, section="pixel",
+                               fields=CONFIG_ARGS, shape=(1, cfg.model_size, cfg.model_size),
+                               net_flags=net_flags,
+                               decode="fm_data.images.to_uint8 (crops to 28x28)", push=args.push)  # fmt: skip
+    except ValueError as e:
+        return error(PROG, "export", one_line(e))
+    pushed = f"; pushed: {res.url}" if res.url else ""
+    print(f"exported {type(model).__name__} ({', '.join(res.files)}) -> {res.folder}{pushed}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(PROG, build_parser(), {"train": _cmd_train, "sample": _cmd_sample, "eval": _cmd_eval}, argv)
+    commands = {"train": _cmd_train, "sample": _cmd_sample, "eval": _cmd_eval, "export": _cmd_export}
+    return run_cli(PROG, build_parser(), commands, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

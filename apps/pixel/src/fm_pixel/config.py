@@ -26,10 +26,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from fm_cli.images.config import ImageRunConfig, from_recipe
+from fm_cli.images.config import ImageRunConfig, check_network, from_recipe
 from fm_data.images import CLASS_NAMES, IMAGE_DATASETS, parse_classes
 
-__all__ = ["DEFAULT_STEPS", "IMAGE_SIZE", "NETS", "NET_DEFAULTS", "RECIPES", "PixelConfig", "make_config"]
+
+def _build_net(name: str, **config: Any) -> Any:
+    """fm_nets.build_net, imported when a network is first checked (fm-nets imports timm)."""
+    from fm_nets import build_net
+
+    return build_net(name, **config)
+
+
+__all__ = [
+    "DEFAULT_GUIDANCE",
+    "DEFAULT_STEPS",
+    "IMAGE_SIZE",
+    "NETS",
+    "NET_DEFAULTS",
+    "RECIPES",
+    "PixelConfig",
+    "make_config",
+]
 
 IMAGE_SIZE = 28
 NETS = ("unet", "mlp", "dit")
@@ -45,6 +62,10 @@ NET_DEFAULTS: dict[str, dict[str, Any]] = {
 
 #: Training budget in optimizer steps when neither --steps nor --minutes is given.
 DEFAULT_STEPS = 3000
+
+#: The default recipe's guidance scale per data set (stored in each run's config at train time;
+#: --guidance overrides it), the best FID of ``fm-pixel eval --guidance-sweep`` on a 10-minute run.
+DEFAULT_GUIDANCE: dict[str, float] = {"mnist": 2.0, "fashion-mnist": 2.0}
 
 #: Every knob of a recipe. ``net`` is the network's name, ``net_config`` its keyword arguments
 #: (None: NET_DEFAULTS[net]); batch_size .. ema_decay go to the run's TrainConfig.
@@ -117,12 +138,38 @@ class PixelConfig(ImageRunConfig):
             raise self._invalid(
                 "net_config", f"a network whose downsampling factor ({self.size_factor}) divides 28 or 32"
             )
+        # the command line's bounds for config.json too, and the network's own checks before data loads
+        check_network(self, self.net, self.net_kwargs, self._estimated_params, _build_net)
+
+    @property
+    def net_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``fm_nets.build_net(self.net, ...)``: ``net_config`` plus the input
+        size and the number of classes."""
+        kw = dict(self.net_config)
+        if self.net == "mlp":
+            kw["dim"] = self.model_size**2
+        elif self.net == "dit":
+            kw["input_size"] = self.model_size
+        return {**kw, "num_classes": self.num_classes}
+
+    def _estimated_params(self) -> float:
+        """An upper bound of the network's parameter count from its widths and depths."""
+        c = self.net_config
+        if self.net == "mlp":
+            h, d = int(c.get("hidden", 1024)), int(c.get("depth", 4))
+            return float((d + 2) * h * h + 4 * self.model_size**2 * h)
+        if self.net == "dit":
+            h, d = int(c.get("hidden_size", 128)), int(c.get("depth", 6))
+            return float((13 * d + 4) * h * h)
+        widths = [int(w) for w in c.get("channels", [32, 64, 128])]
+        return float(50 * (int(c.get("num_res_blocks", 1)) + 1) * sum(w * w for w in widths))
 
 
 def make_config(dataset: str = "fashion-mnist", recipe: str = "default", **overrides: Any) -> PixelConfig:
     """The recipe's settings with ``overrides`` (None values are ignored; TrainConfig fields such as
     ``batch_size`` or ``lr`` go to ``train``). ``net="mlp"`` with the default recipe switches to
     :data:`NET_DEFAULTS` ["mlp"]; ``net_config`` overrides are merged into the recipe's network settings.
+    The default recipe's guidance is the data set's (:data:`DEFAULT_GUIDANCE`).
     """
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
@@ -136,4 +183,6 @@ def make_config(dataset: str = "fashion-mnist", recipe: str = "default", **overr
         net_config = dict(base["net_config"])
     net_config.update(overrides.pop("net_config", None) or {})
     base.update(dataset=dataset, recipe=recipe, net=net, net_config=net_config)
+    if recipe == "default" and dataset in DEFAULT_GUIDANCE:
+        base["guidance"] = DEFAULT_GUIDANCE[dataset]
     return from_recipe(PixelConfig, base, overrides)

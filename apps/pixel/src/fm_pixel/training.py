@@ -40,12 +40,7 @@ make_loss_fn = flow_loss  # loss_fn(model, (x [B, 1, H, W], y [B] | None), ctx) 
 
 def build_model(cfg: PixelConfig) -> nn.Module:
     """The velocity network ``model(x [B, 1, H, W], t [B], y [B] | None) -> v [B, 1, H, W]``."""
-    kw = dict(cfg.net_config)
-    if cfg.net == "mlp":
-        kw["dim"] = cfg.model_size**2
-    elif cfg.net == "dit":
-        kw["input_size"] = cfg.model_size
-    return build_net(cfg.net, num_classes=cfg.num_classes, **kw)
+    return build_net(cfg.net, **cfg.net_kwargs)
 
 
 def run_config(cfg: PixelConfig, net_config: dict[str, Any]) -> dict[str, Any]:
@@ -94,9 +89,10 @@ def train(
     resume: bool = False,
     sample_fn: Callable[[nn.Module, int, Path], None] | None = None,
     data: ImageData | None = None,
+    loggers: list[Any] | None = None,
 ) -> TrainSummary:
     """Train one run into ``run_dir`` with ``cfg.train`` (budget, device, ...); ``sample_fn(ema_model,
-    step, run_dir)`` draws sample grids (e.g. :func:`grid_fn`).
+    step, run_dir)`` draws sample grids (e.g. :func:`grid_fn`); ``loggers``: fm-train's (default: loss.csv).
 
     Loads the training split (only ``cfg.classes`` when given) as one uint8 tensor, builds the
     network, the loss and fm-train's Trainer, trains until the budget is used, and records a
@@ -112,5 +108,5 @@ def train(
 
     batch_fn = make_batch_fn(data, cfg, resolve_device(cfg.train.device))
     trainer = Trainer(model, make_loss_fn(cfg), batch_fn, cfg.train, run_dir, sample_fn=sample_fn,
-                      extra_config=run_config(cfg, model.config))  # fmt: skip
+                      extra_config=run_config(cfg, model.config), loggers=loggers)  # fmt: skip
     return train_and_record(trainer, resume=resume)

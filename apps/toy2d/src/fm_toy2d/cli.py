@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(8x8 checkerboard with the default recipe; pictures and an animation in runs/demo).",
     )
     add_version(p, PROG)
-    sub = p.add_subparsers(dest="command", metavar="{demo,train,sample,eval,study}")
+    sub = p.add_subparsers(dest="command", metavar="{demo,train,sample,eval,study,export}")
 
     d = sub.add_parser("demo", help="train the 8x8 checkerboard with the defaults and draw the pictures")
     flags.add_out(d, default_text="runs/demo, or runs/demo-<time> if taken")
@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_out(t, default_text="runs/<dataset>-<time>")
     flags.add_resume(t)
     flags.add_device(t)
+    flags.add_log(t)
+    flags.add_precision(t)
+    flags.add_compile(t)
     flags.add_threads(t)
     # fmt: off
     t.add_argument("--hidden", type=argtypes.width_int, default=None,
@@ -169,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .study import add_study_parser  # the scaling study (issue 9): its options live beside its code
 
     add_study_parser(sub)
+    from fm_cli.export import add_export_parser
+
+    add_export_parser(sub, "the EMA network (MLP) or flow")
     return p
 
 
@@ -281,6 +287,11 @@ def cmd_eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     q = metrics.get("quality", {})
     print(f"{PROG}: energy distance {metrics.get('energy_distance', float('nan')):.4g}, "
           f"W2 {metrics.get('w2', float('nan')):.4g}" + (f"; {headline(q)}" if q else ""))  # fmt: skip
+    if metrics.get("manifold"):
+        m = metrics["manifold"]
+        print(f"{PROG}: precision {m['precision']:.3f}, recall {m['recall']:.3f}, density {m['density']:.3f}, "
+              f"coverage {m['coverage']:.3f} (k={m['k']}, {m['n_samples']} samples vs {m['n_reference']} "
+              f"held-out points)")  # fmt: skip
     if metrics.get("nll"):
         n = metrics["nll"]
         gap = f", entropy {n['entropy']:.3f}, gap {n['gap']:+.3f}" if n.get("entropy") is not None else ""
@@ -289,12 +300,56 @@ def cmd_eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The run's EMA MLP (fm-nets) or flow (fm-nflows) as a save_pretrained folder with a model card."""
+    from fm_cli.export import export, training_command
+
+    from . import training
+    from .cli_train import NF_REFUSED, RESUME_FIELDS
+
+    config, cfg = training.read_run(args.run)
+    nf = config.get("model", cfg.model) == "nf"
+    skip = {"minutes", "device", "steps", "cells", "dim"} | {f.strip("-") for f in NF_REFUSED if nf}
+    fields = [d for d in RESUME_FIELDS if d not in skip]
+    extra: dict[str, Any] = {"cells": cfg.grid, "dim": cfg.dim} if cfg.dataset == "checkerboard" else {}
+    if not nf and isinstance(config["toy2d"].get("net"), dict):
+        extra.update({k: config["toy2d"]["net"].get(k) for k in ("hidden", "depth")})
+    command = training_command(PROG, config, "toy2d", fields, extra)
+    where, k = str(args.out) if args.push is None else args.push, None
+    if nf:
+        from .nf_run import load_nf_run
+
+        run = load_nf_run(args.run)
+        model, library, k = run.flow, "fm-nflows", run.num_classes
+        sampling: dict[str, Any] = {"network": "fm_nflows.Flow", "dim": cfg.data_dim, "num_classes": k}
+        lines = ["from fm_nflows import Flow", f"flow = Flow.from_pretrained({where!r})",
+                 f"x = flow.sample(1000{', y=0' if k else ''})  # [1000, {cfg.data_dim}]"]  # fmt: skip
+    else:
+        run = training.load_run(args.run)
+        model, library, k = getattr(run.model, "net", run.model), "fm-nets", run.num_classes
+        scale = float(getattr(run.model, "scale", 1.0))
+        sampling = {"network": "fm_nets.MLPVelocity", "shape": [cfg.data_dim], "solver": cfg.solver, "nfe": cfg.nfe,
+                    "num_classes": k, "labels": "uniform random" if k else None, "input_scale": scale}  # fmt: skip
+        v = "net" if scale == 1.0 else f"lambda x, t, y=None: net({scale} * x, t, y)"
+        labels = f", num_classes={k}, random_labels=True" if k else ""
+        lines = ["from fm_core import sample", "from fm_nets import MLPVelocity",
+                 f"net = MLPVelocity.from_pretrained({where!r})",
+                 f"x = sample({v}, 1000, ({cfg.data_dim},), method={cfg.solver!r}, nfe={cfg.nfe}{labels}).x",
+                 ]  # fmt: skip
+    res = export(args.run, args.out, model=model, command=command, sampling=sampling, load_lines="\n".join(lines),
+                 library=library, tags=[PROG, cfg.dataset], push=args.push)  # fmt: skip
+    print(f"{PROG}: exported {type(model).__name__} ({', '.join(res.files)}) -> {res.folder}"
+          + (f"; pushed: {res.url}" if res.url else ""))  # fmt: skip
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from fm_train import TrainingDivergedError
 
     from .study import cmd_study
 
-    commands = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "study": cmd_study}
+    commands = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "study": cmd_study,
+                "export": cmd_export}  # fmt: skip
     return run_cli(PROG, build_parser(), commands, argv, default_command="demo",
                    errors=(ValueError, TrainingDivergedError))  # fmt: skip
 

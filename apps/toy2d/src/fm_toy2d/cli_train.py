@@ -23,7 +23,9 @@ __all__ = ["cmd_demo", "cmd_train"]
 
 PROG = "fm-toy2d"
 #: train options that do not apply to normalizing flows.
-NF_REFUSED = dict.fromkeys(("--recipe", "--coupling", "--time", "--target"), "--model nf")
+NF_REFUSED = dict.fromkeys(
+    ("--recipe", "--coupling", "--time", "--target", "--precision", "--bf16", "--compile"), "--model nf"
+)
 #: train options (dest -> RunConfig field) that --resume must find equal to the stored run's.
 RESUME_FIELDS = {
     "dataset": "dataset", "cells": "grid", "dim": "dim", "conditional": "conditional", "model": "model",
@@ -82,6 +84,7 @@ def _new_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
         "grid": args.cells, "dim": args.dim, "conditional": args.conditional or None, "coupling": args.coupling,
         "time": args.time, "target": args.target, "steps": args.steps, "minutes": args.minutes, "batch_size": args.batch_size,
         "lr": args.lr, "seed": args.seed, "device": args.device, "net": net or None,
+        "precision": flags.precision_given(parser, args, PROG), "compile": args.compile or None,
     }  # fmt: skip
     try:
         if args.model == "fm":
@@ -109,7 +112,7 @@ def _stored_config(parser: argparse.ArgumentParser, args: argparse.Namespace, ou
     return cfg
 
 
-def _trainer(cfg, spec, out: Path, *, resume: bool, pictures: bool, quiet: bool):
+def _trainer(cfg, spec, out: Path, *, resume: bool, pictures: bool, quiet: bool, log: str = "csv"):
     """The callable that trains ``cfg`` into ``out`` (``spec``: what the trainer gets) and draws the pictures."""
     from fm_train import dist_info
 
@@ -122,9 +125,12 @@ def _trainer(cfg, spec, out: Path, *, resume: bool, pictures: bool, quiet: bool)
               flush=True)  # fmt: skip
         if cfg.model == "nf":
             nf = cli._nf_module()
-            result = nf.train(spec, out, progress=not quiet, resume=resume)
+            more = {} if log == "csv" else {"loggers": flags.make_loggers(log, out)}  # csv: the backend's own
+            result = nf.train(spec, out, progress=not quiet, resume=resume, **more)
         else:
-            result = training.train(cfg, out, progress=not quiet, resume=resume)
+            with flags.precision_notes(PROG):
+                result = training.train(cfg, out, progress=not quiet, resume=resume,
+                                        loggers=flags.make_loggers(log, out))  # fmt: skip
         if result is not None and result.steps_this_call == 0:  # a resumed run with its budget used
             return Trained(result, [])
         if cfg.model == "fm":
@@ -157,19 +163,23 @@ def _report(out: Path, resume: bool):
 
 def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     _check_options(parser, args)
+    flags.check_log(parser, args.log)
     if args.model == "nf":
         _check_nf(parser, args)
     from .training import read_run
 
-    run = choose_run_dir(parser, args.out, resume=args.resume, prefix=args.dataset,
+    run = choose_run_dir(parser, args.out, resume=args.resume, prefix=args.dataset, require_checkpoint=True,
                          read_config=lambda out: read_run(out)[0])  # fmt: skip
     if run.stored is not None:
         cfg = spec = _stored_config(parser, args, run.out)
         if cfg.model == "nf":
             _check_nf(parser, args)
+        else:  # precision and compile may change on --resume (not the optimisation)
+            precision = flags.precision_given(parser, args, PROG)
+            cfg = spec = cfg.replace(compile=args.compile, **({"precision": precision} if precision else {}))
     else:
         cfg, spec = _new_config(parser, args)
-    work = _trainer(cfg, spec, run.out, resume=args.resume, pictures=args.pictures, quiet=args.quiet)
+    work = _trainer(cfg, spec, run.out, resume=args.resume, pictures=args.pictures, quiet=args.quiet, log=args.log)
     return run_training(
         PROG,
         parser,

@@ -130,6 +130,8 @@ class RunConfig(StrictConfig):
     steps or minutes, batch_size, lr, weight_decay, schedule, warmup_steps, grad_clip, ema_decay,
         seed, device: the training loop's settings, handed to fm-train by :meth:`train_config`
         (which also checks them). solver/nfe: the default sampler of the run.
+    precision ("fp32", "bf16" or "auto", fm_train.precision) and compile (torch.compile): how the
+        network runs; they may change on --resume.
     """
 
     dataset: str = "checkerboard"
@@ -157,6 +159,8 @@ class RunConfig(StrictConfig):
     device: str = "auto"
     solver: str = "midpoint"
     nfe: int = 8
+    precision: str = "fp32"
+    compile: bool = False
 
     # ------------------------------------------------------------------ derived
     @property
@@ -176,7 +180,7 @@ class RunConfig(StrictConfig):
             steps=self.steps, minutes=self.minutes, batch_size=self.batch_size, lr=self.lr,
             weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, schedule=self.schedule,
             grad_clip=self.grad_clip, ema_decay=self.ema_decay, seed=self.seed, device=self.device,
-            log_every=50, ckpt_every=None, ckpt_minutes=2.0,
+            precision=self.precision, compile=self.compile, log_every=50, ckpt_every=None, ckpt_minutes=2.0,
         )  # fmt: skip
         fields.update(overrides)
         try:

@@ -7,8 +7,8 @@ All metrics compare with HELD-OUT data: drawn from a generator seeded with
 * :func:`sample_quality`: the dataset's own quality numbers (fm_eval.metrics2d):
   checkerboard -> in_support, min/max_cell_ratio; olympic-rings -> in_support, ring ratios and,
   with labels, on_own_ring (overall, per label and the worst label).
-* :func:`sample_metrics`: energy distance, W2 on a subsample and the quality above, of any samples
-  (flow-matching and nf runs alike).
+* :func:`sample_metrics`: energy distance, W2 on a subsample, precision / recall / density /
+  coverage on raw coordinates and the quality above, of any samples (flow-matching and nf runs alike).
 * :func:`evaluate`: :func:`sample_metrics` of a flow-matching run's samples and the exact NLL
   (fm_core.log_likelihood, dopri5, exact divergence) with the true entropy and the gap.
 * :func:`nfe_sweep`: quality for each fixed-step solver at several NFE ("time quantization").
@@ -27,6 +27,7 @@ from torch import Tensor
 from fm_cli import progress, progress_enabled
 from fm_core import solve_ode
 from fm_core.likelihood import log_likelihood
+from fm_eval.manifold import manifold_scores
 from fm_eval.metrics2d import checkerboard_quality, energy_distance, rings_quality, wasserstein2
 
 from .config import SOLVERS, RunConfig
@@ -143,17 +144,22 @@ def true_entropy(cfg: RunConfig, dist) -> float | None:
 
 
 def sample_metrics(
-    cfg: RunConfig, dist, x: Tensor, y: Tensor | None, *, w2_n: int = 2000, ed_n: int = 5000
+    cfg: RunConfig, dist, x: Tensor, y: Tensor | None, *, w2_n: int = 2000, ed_n: int = 5000, pr_n: int = 5000
 ) -> dict[str, Any]:
     """Samples x [n, D] (labels y) against n held-out points: energy distance on up to ``ed_n``
-    points per side, W2 (exact assignment) on ``w2_n``, and the dataset's quality."""
+    points per side, W2 (exact assignment) on ``w2_n``, improved precision / recall and density /
+    coverage on the raw coordinates of the first ``pr_n`` of each (k = 3, fm_eval.manifold_scores;
+    equal counts), and the dataset's quality."""
     n = len(x)
     data, _ = heldout_data(cfg, dist, n)
+    m = min(n, pr_n)
+    manifold = manifold_scores(x[:m], data[:m]) if m > 3 else None
     return {
         "energy_distance": energy_distance(x, data, max_n=ed_n, generator=0),
         "energy_distance_n": min(n, ed_n),
         "w2": wasserstein2(x, data, max_n=w2_n, generator=0),
         "w2_n": min(n, w2_n),
+        "manifold": None if manifold is None else {**manifold.to_dict(), "reference": "held-out data"},
         "quality": sample_quality(cfg, x, y),
     }
 

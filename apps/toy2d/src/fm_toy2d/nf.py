@@ -106,14 +106,20 @@ class NLLTermsLogger:
 
 
 def train(
-    cfg: RunConfig | dict[str, Any], run_dir: str | Path, *, progress: bool = True, resume: bool = False
+    cfg: RunConfig | dict[str, Any],
+    run_dir: str | Path,
+    *,
+    progress: bool = True,
+    resume: bool = False,
+    loggers: list[Any] | None = None,
 ) -> TrainResult:
     """Train a normalizing flow by maximum likelihood into ``run_dir`` (``resume``: continue it).
 
     Writes RUN/config.json (``"app": "fm-toy2d", "model": "nf", "toy2d": RunConfig dict, "net":
     the flow's build_flow config``), RUN/checkpoint/ (weights, EMA, training state), RUN/loss.csv
     (the NLL, nats), RUN/nll_terms.csv (``-log p = -(base_log_prob + logdet)`` split per 50-step
-    window) and RUN/flow/ (the EMA flow as ``fm_nflows.save_flow`` writes it).
+    window) and RUN/flow/ (the EMA flow as ``fm_nflows.save_flow`` writes it). ``loggers``: fm-train's
+    for the loss rows (default: loss.csv); the NLL terms are logged beside them.
     """
     cfg = resolve_config(cfg)
     run_dir = Path(run_dir)
@@ -129,7 +135,7 @@ def train(
 
     extra = {"app": APP_FORMAT, "model": "nf", "toy2d": cfg.to_dict(), "net": {"name": NET_NAME, "config": flow.config}}
     trainer = Trainer(flow, loss_fn, batch_fn_for(cfg, dist), cfg.train_config(progress=progress), run_dir,
-                      extra_config=extra, loggers=[CSVLogger(run_dir), terms])  # fmt: skip
+                      extra_config=extra, loggers=[*(loggers or [CSVLogger(run_dir)]), terms])  # fmt: skip
     print(
         f"fm-toy2d: flow {cfg.net['n_layers']} blocks x conditioner {cfg.net['n_hidden']}x{cfg.net['hidden']} "
         f"({sum(p.numel() for p in flow.parameters()):,} parameters), batch {cfg.batch_size}, lr {cfg.lr:g}, "

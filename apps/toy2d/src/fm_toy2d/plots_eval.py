@@ -1,6 +1,7 @@
-"""Matplotlib figures of fm-toy2d's evaluation: the loss curve, quality against NFE per solver, the
-samples of each (solver, NFE), and the encode/decode round trip. Pure plotting, as in
-:mod:`fm_toy2d.plots` (whose helpers these share): arrays in, a PNG written, its path returned.
+"""Matplotlib figures of fm-toy2d's evaluation: the loss curve (fm_cli.pictures.plot_loss, shared by the
+apps), quality against NFE per solver, the samples of each (solver, NFE), and the encode/decode round
+trip. Pure plotting, as in :mod:`fm_toy2d.plots` (whose helpers these share): arrays in, a PNG
+written, its path returned.
 
 Time convention: t = 0 is N(0, I) noise, t = 1 is data.
 """
@@ -15,28 +16,11 @@ import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib import ticker
 
+from fm_cli.pictures import plot_loss  # the loss chart all apps share (loss and lr against step)
+
 from .plots import SOLVER_COLORS, Extent, _np, _save, _square, plt
 
 __all__ = ["plot_loss", "plot_nfe_grid", "plot_nfe_quality", "plot_reversibility"]
-
-
-def plot_loss(path: Path, history: dict[str, list[float]], *, title: str = "") -> Path:
-    """Training loss (mean over each logging interval, log scale) and the learning rate against step."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    steps, loss = np.asarray(history["step"]), np.asarray(history["loss"])
-    ax.plot(steps, loss, color="#1f77b4", lw=1.5, label="flow-matching loss")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (MSE of the velocity)")
-    ax.grid(alpha=0.3, which="both")
-    if history.get("lr"):
-        ax2 = ax.twinx()
-        ax2.plot(steps, history["lr"], color="#ff7f0e", lw=1.0, ls="--", label="learning rate")
-        ax2.set_ylabel("learning rate", color="#ff7f0e")
-        ax2.tick_params(axis="y", colors="#ff7f0e")
-        ax2.set_ylim(bottom=0)
-    ax.set_title(title or "training loss")
-    return _save(fig, path)
 
 
 def plot_nfe_quality(
@@ -54,7 +38,9 @@ def plot_nfe_quality(
     panels = [("energy_distance", "energy distance to data (lower is better)", True)]
     if quality_key:
         panels.insert(0, (quality_key, quality_label or quality_key, False))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False)
+    # constrained layout: the panels' tick and axis labels get their own room (without it the right panel's
+    # y label ran into its minor tick labels, e.g. 2.4e-3, when the energy distances span less than a decade)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.0), squeeze=False, layout="constrained")
     for ax, (key, label, log) in zip(axes[0], panels):
         for s in solvers:
             rs = [r for r in rows if r["solver"] == s and r.get(key) is not None]

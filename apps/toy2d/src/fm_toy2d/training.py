@@ -136,8 +136,10 @@ def train(
     callback_every: int | None = None,
     stop_fn: StopFn | None = None,
     resume: bool = False,
+    loggers: list[Any] | None = None,
 ) -> TrainResult:
-    """Train a flow-matching run into ``run_dir`` (config.json, checkpoint/, loss.csv).
+    """Train a flow-matching run into ``run_dir`` (config.json, checkpoint/, loss.csv; ``loggers``:
+    fm-train's, default loss.csv).
 
     ``callback(ema_model, step, run_dir)`` runs every ``callback_every`` steps and at the end
     (under no_grad, without consuming training randomness: fm-train isolates it); ``stop_fn``
@@ -157,7 +159,7 @@ def train(
         return loss(net, x1, y, generator=ctx.generator, shard=ctx.shard)
 
     trainer = Trainer(model, loss_fn, batch_fn_for(cfg, dist), tcfg, run_dir, sample_fn=callback, extra_config=_extra_config(cfg, model),
-                      stop_fn=stop_fn)  # fmt: skip
+                      stop_fn=stop_fn, loggers=loggers)  # fmt: skip
     return trainer.train(resume=resume)
 
 

@@ -14,7 +14,6 @@ from .progress import progress, progress_enabled
 from .samples import describe_labels, sample_summary, write_samples
 from .train import (
     RunChoice,
-    check_bf16,
     choose_run_dir,
     default_run_dir,
     nothing_left,
@@ -32,7 +31,6 @@ __all__ = [
     "RunChoice",
     "add_version",
     "argtypes",
-    "check_bf16",
     "choose_run_dir",
     "default_run_dir",
     "describe_labels",

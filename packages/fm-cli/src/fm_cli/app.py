@@ -6,7 +6,7 @@ Exit codes, the same in every app:
 - 1: a runtime failure (missing data, a broken checkpoint, a full disk), printed as one line
   ``PROG COMMAND: error: MESSAGE`` on stderr, no traceback;
 - 2: a usage error (argparse's, naming the bad value), or no command given (help is printed);
-- 130: interrupted with Ctrl-C.
+- 130: interrupted with Ctrl-C (SIGINT); 143: stopped by SIGTERM.
 
     import argparse
     from fm_cli import add_version, run_cli
@@ -46,16 +46,19 @@ def error(prog: str, command: str, message: str, code: int = 1) -> int:
     return code
 
 
-def interrupted(prog: str, command: str, out: str | Path | None = None) -> int:
-    """Ctrl-C: say so (with ``out``: how to continue, ``PROG COMMAND --out OUT --resume``) and return 130.
+def interrupted(
+    prog: str, command: str, out: str | Path | None = None, *, code: int = 130, what: str = "interrupted"
+) -> int:
+    """Ctrl-C (``code`` 130) or SIGTERM (143): say ``what`` happened in one line (with ``out``: how to
+    continue, ``PROG COMMAND --out OUT --resume``) and return ``code``.
 
     Under torchrun only rank 0 speaks (every rank gets the signal)."""
     from fm_train.distributed import checks_files
 
     if checks_files():
         hint = f"; continue with: {prog} {command} --out {out} --resume" if out is not None else ""
-        print(f"\n{prog} {command}: interrupted{hint}", file=sys.stderr)
-    return 130
+        print(f"\n{prog} {command}: {what}{hint}", file=sys.stderr)
+    return code
 
 
 def add_version(parser: argparse.ArgumentParser, prog: str, version: str | None = None) -> argparse.Action:
@@ -94,7 +97,7 @@ def run_cli(
     ``parser`` must have sub-parsers with ``dest="command"``. Without a command: run
     ``default_command`` if given, else print the help and return 2. The command gets its own
     sub-parser, so ``parser.error`` prints its usage line. ``OSError`` and the exceptions in
-    ``errors`` become one line ``PROG COMMAND: error: MESSAGE`` and status 1; Ctrl-C gives 130.
+    ``errors`` become one line ``PROG COMMAND: error: MESSAGE`` and status 1; Ctrl-C gives 130, SIGTERM 143.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -105,10 +108,17 @@ def run_cli(
             return 2
         args = parser.parse_args([*argv, default_command])
         command = default_command
+    from fm_train.signals import raise_on_signals
+
     caught: tuple[type[BaseException], ...] = (OSError, *errors)
     try:
-        return commands[command](subparser(parser, command), args)
+        with raise_on_signals():  # SIGTERM as Ctrl-C: one line and 143 (fm_train.signals)
+            return commands[command](subparser(parser, command), args)
     except caught as e:  # full disk, unwritable output: one line naming the file, not a traceback
         return error(prog, command, one_line(e))
-    except KeyboardInterrupt:
-        return interrupted(prog, command)
+    except KeyboardInterrupt as e:
+        return interrupted(prog, command, code=getattr(e, "exit_code", 130))
+    finally:
+        from .train import release_run_locks
+
+        release_run_locks()  # the run directories a train command locked

@@ -34,6 +34,7 @@ __all__ = [
     "int_at_least",
     "int_list",
     "nonempty_path",
+    "nonempty_str",
     "nonneg_float",
     "nonneg_int",
     "one_of",
@@ -114,6 +115,13 @@ def nonempty_path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError(f"must be a non-empty path, got {text!r}")
     return Path(text)
+
+
+def nonempty_str(text: str) -> str:
+    """A path or a hub id ("org/name") that is not empty or blank, kept as the string given."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must be a non-empty path or hub id, got {text!r}")
+    return text
 
 
 def device_spec(text: str) -> str:

@@ -17,7 +17,10 @@ combination into argparse's one-line usage error (exit status 2) before any work
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +42,23 @@ __all__ = [
     "add_compile",
     "add_data_dir",
     "add_device",
+    "add_log",
     "add_out",
     "add_pictures",
+    "add_precision",
     "add_quiet",
     "add_resume",
     "add_sampler",
     "add_seed",
     "add_threads",
     "check_data_dir",
+    "check_log",
     "check_output_paths",
     "flag_given",
     "guidance_problem",
+    "make_loggers",
+    "precision_given",
+    "precision_notes",
     "refuse_inapplicable",
     "resolve_sampler",
     "set_threads",
@@ -119,13 +128,69 @@ def add_quiet(p: Parser) -> argparse.Action:
 
 
 def add_bf16(p: Parser) -> argparse.Action:
-    """``--bf16``: bf16 autocast (CUDA only; see fm_cli.train.check_bf16)."""
-    return p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    """``--bf16``: the deprecated spelling of ``--precision bf16``, hidden from the help (read it with
+    :func:`precision_given`)."""
+    return p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
+
+
+def add_precision(p: Parser) -> list[argparse.Action]:
+    """``--precision auto|fp32|bf16`` (default None: fp32 for a new run, the run's own on ``--resume``)
+    and the hidden old ``--bf16``; resolve both with :func:`precision_given`."""
+    return [
+        p.add_argument(
+            "--precision",
+            choices=("auto", "fp32", "bf16"),
+            default=None,
+            help="training precision: bf16 autocast of the forward pass (weights, optimizer and loss stay "
+            "float32), fp32, or auto: time both on this machine at the start and keep bf16 only when it is "
+            "at least 10%% faster; sampling follows (default: fp32, or the run's on --resume)",
+        ),
+        add_bf16(p),
+    ]
+
+
+def precision_given(parser: argparse.ArgumentParser, args: argparse.Namespace, prog: str) -> str | None:
+    """The precision asked for: ``--precision``, or ``"bf16"`` for the old ``--bf16`` (with a note on
+    standard error that it is deprecated); None when neither was given. ``--bf16`` with another
+    ``--precision`` is a usage error."""
+    precision = getattr(args, "precision", None)
+    if getattr(args, "bf16", False):
+        if precision not in (None, "bf16"):
+            parser.error(f"--bf16 is the old spelling of --precision bf16 and contradicts --precision {precision}")
+        print(f"{prog}: note: --bf16 is deprecated; use --precision bf16", file=sys.stderr)
+        return "bf16"
+    return precision
+
+
+@contextlib.contextmanager
+def precision_notes(prog: str) -> Iterator[None]:
+    """While inside: fm-train's precision decision (``precision auto -> fp32 on cpu: ...``) and the
+    compile time of a compiled run, printed to standard output as ``PROG: ...`` lines."""
+    logger = logging.getLogger("fm_train.precision")
+
+    class _Print(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            print(f"{prog}: {record.getMessage()}", flush=True)
+
+    handler, level = _Print(logging.INFO), logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def add_compile(p: Parser) -> argparse.Action:
-    """``--compile``: torch.compile the network."""
-    return p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    """``--compile``: torch.compile the network (CPU or CUDA)."""
+    return p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network (CPU or CUDA); its compile time, the first step's, is reported "
+        "apart in metrics.json and counts in --minutes",
+    )
 
 
 def add_budget(p: Parser, default_steps: str) -> argparse._MutuallyExclusiveGroup:
@@ -300,3 +365,41 @@ def guidance_problem(
     if label_dropout == 0.0:
         return f"{name}: the run was trained without label dropout, so it has no null label; use {one}"
     return None
+
+
+#: Where a train command logs its rows (``--log``): loss.csv always; tensorboard adds RUN/tensorboard.
+LOG_CHOICES = ("csv", "tensorboard")
+
+
+def add_log(p: Parser) -> argparse.Action:
+    """``--log csv|tensorboard`` (default csv); check it with :func:`check_log`, build the Trainer's
+    loggers with :func:`make_loggers`."""
+    return p.add_argument(
+        "--log",
+        choices=LOG_CHOICES,
+        default="csv",
+        help="where the training rows go: csv (RUN/loss.csv) or tensorboard (RUN/tensorboard too, view with "
+        "tensorboard --logdir RUN; needs the tensorboard package) (default: csv)",
+    )
+
+
+def check_log(parser: argparse.ArgumentParser, log: str | None) -> None:
+    """Usage error (one line) for ``--log tensorboard`` where the tensorboard package is not installed."""
+    import importlib.util
+
+    if log == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        parser.error("--log tensorboard needs the tensorboard package, which is not installed: "
+                     "pip install tensorboard (or use --log csv)")  # fmt: skip
+
+
+def make_loggers(log: str | None, run_dir: str | Path) -> list[Any]:
+    """fm-train loggers for ``--log``: ``[CSVLogger(run_dir)]`` (loss.csv) and, for "tensorboard",
+    fm_train's TensorBoardLogger beside it (RUN/tensorboard)."""
+    from fm_train import CSVLogger, TensorBoardLogger
+
+    if log not in (None, *LOG_CHOICES):
+        raise ValueError(f"log must be one of {', '.join(LOG_CHOICES)}, got {log!r}")
+    loggers: list[Any] = [CSVLogger(run_dir)]
+    if log == "tensorboard":
+        loggers.append(TensorBoardLogger(run_dir))
+    return loggers

@@ -33,15 +33,26 @@ __all__ = [
     "LAUNCH_FLAGS",
     "RunChoice",
     "TrainSummaryLike",
-    "check_bf16",
     "choose_run_dir",
     "default_run_dir",
     "nothing_left",
     "resume_budget",
+    "release_run_locks",
     "resume_conflicts",
     "run_training",
     "trained_line",
 ]
+
+
+#: The run-directory locks taken by choose_run_dir (released when the command ends: release_run_locks).
+_HELD: list[Any] = []
+
+
+def release_run_locks() -> None:
+    """Give back the run-directory locks :func:`choose_run_dir` took (the command is over; a process
+    that ends releases them anyway). run_training and fm_cli.run_cli call it when the command ends."""
+    while _HELD:
+        _HELD.pop().release()
 
 
 #: The flags fm-train's torchrun launch check names in its messages.
@@ -70,14 +81,20 @@ def choose_run_dir(
     resume: bool,
     prefix: str,
     read_config: Callable[[Path], dict[str, Any]] | None = None,
+    require_checkpoint: bool = False,
 ) -> RunChoice:
     """``--out`` and ``--resume`` checked before any work.
 
-    ``--resume`` needs ``--out``; without ``--out`` the run goes to :func:`default_run_dir` (``prefix``).
+    ``--resume`` needs ``--out``; with ``require_checkpoint`` (the image apps) ``--out`` must hold a
+    checkpoint, else a usage error says so (without it, ``--resume`` of nothing starts the run); without
+    ``--out`` the run goes to :func:`default_run_dir` (``prefix``).
     ``--out`` must be a directory if it exists; holding a run (a checkpoint or config.json), it needs
     ``--resume`` (checked by rank 0 only under torchrun: the other ranks would see the directory rank
     0 starts writing). With ``--resume`` and a config.json there, ``read_config(out)`` gives
-    :attr:`RunChoice.stored` (its ValueError is a usage error naming ``--out``).
+    :attr:`RunChoice.stored` (its ValueError is a usage error naming ``--out``). The run directory's lock
+    (fm_train.lock_run) is taken here, before any data loads, and held until the process ends: a second
+    process given the same ``--out`` gets a usage error naming the pid that holds it (until the command
+    ends: :func:`release_run_locks`).
     """
     from fm_train.distributed import checks_files
 
@@ -86,13 +103,29 @@ def choose_run_dir(
     out = Path(out) if out is not None else default_run_dir(prefix)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {str(out)!r} exists and is not a directory")
-    if resume and (out / "config.json").is_file():
-        if read_config is None:
-            return RunChoice(out)
+    if resume and require_checkpoint and checks_files() and not out.exists():
+        parser.error(f"--out {str(out)!r} does not exist: there is no run to resume (leave out --resume to start one)")
+    if checks_files():  # one writer per run directory, from before the data loads to the process's end
+        from fm_train import RunLockedError, lock_run
+
         try:
-            return RunChoice(out, read_config(out))
-        except ValueError as e:
-            parser.error(f"--out {str(out)!r}: {e}")
+            lock = lock_run(out)
+        except RunLockedError as e:
+            parser.error(f"--out: {e}")
+        except OSError as e:
+            parser.error(f"--out {str(out)!r} cannot be written: {e.strerror or e}")
+        _HELD.append(lock)
+    if resume and (out / "config.json").is_file():
+        choice = RunChoice(out)
+        if read_config is not None:
+            try:
+                choice = RunChoice(out, read_config(out))
+            except ValueError as e:
+                parser.error(f"--out {str(out)!r}: {e}")
+        _require_checkpoint(parser, out, require_checkpoint)
+        return choice
+    if resume:
+        _require_checkpoint(parser, out, require_checkpoint)
     if not resume and checks_files() and ((out / "checkpoint").exists() or (out / "config.json").exists()):
         parser.error(
             f"--out {str(out)!r} already holds a run; pass --resume to continue it or choose another directory"
@@ -100,14 +133,16 @@ def choose_run_dir(
     return RunChoice(out)
 
 
-def check_bf16(parser: argparse.ArgumentParser, bf16: bool, device: str) -> None:
-    """Usage error for ``--bf16`` on a device other than CUDA."""
-    if bf16:
-        from fm_train import resolve_device
+def _require_checkpoint(parser: argparse.ArgumentParser, out: Path, required: bool) -> None:
+    from fm_train.distributed import checks_files
 
-        kind = resolve_device(device).type
-        if kind != "cuda":
-            parser.error(f"--bf16 needs a CUDA device (bf16 autocast gains nothing on {kind}; float32 is used there)")
+    # as sample and eval see it: a checkpoint directory (training says what is wrong with a broken one)
+    has = (out / "checkpoint").exists() or (out / "checkpoint.old").exists()
+    if required and checks_files() and not has:
+        parser.error(
+            f"--out {str(out)!r} holds no checkpoint to resume from (the run stopped before its first one); "
+            "delete the directory or choose another --out to start over"
+        )
 
 
 def resume_conflicts(
@@ -232,23 +267,35 @@ def run_training(
     usage error naming ``--out`` / ``--batch-size``), joins the process group and silences the
     standard output of ranks other than 0; the process group is left however training ends.
     ``TrainingDivergedError``, ``CheckpointError`` and ``errors`` (e.g. fm-data's ``DataError``)
-    become one line ``PROG COMMAND: error: ...`` (status 1); Ctrl-C says how to continue (status
-    130). On success prints ``report(summary)``, by default :func:`trained_line`.
+    become one line ``PROG COMMAND: error: ...`` (status 1); SIGINT (Ctrl-C) and SIGTERM stop training
+    after the current step with a checkpoint and one line with the step and how to continue (status
+    130 / 143; fm_train.signals). On success prints ``report(summary)``, by default :func:`trained_line`.
     """
-    from fm_train import CheckpointError, TrainingDivergedError, distributed
+    from fm_train import (
+        CheckpointError,
+        RunLockedError,
+        TrainingDivergedError,
+        TrainingInterrupted,
+        distributed,
+        raise_on_signals,
+    )
 
     set_threads(threads)
-    caught: tuple[type[BaseException], ...] = (TrainingDivergedError, CheckpointError, *errors)
+    caught: tuple[type[BaseException], ...] = (TrainingDivergedError, CheckpointError, RunLockedError, *errors)
     try:
-        distributed.start_training(
-            batch_size, out_given, device, f"{prog} {command}", parser.error, quiet_others=True, names=LAUNCH_FLAGS
-        )
-        summary = train()
+        with raise_on_signals():  # SIGTERM too: one line and 143, not a silent death
+            distributed.start_training(
+                batch_size, out_given, device, f"{prog} {command}", parser.error, quiet_others=True, names=LAUNCH_FLAGS
+            )
+            summary = train()
     except caught as e:
         return error(prog, command, str(e))
-    except KeyboardInterrupt:
-        return interrupted(prog, command, out)
+    except TrainingInterrupted as e:  # a checkpoint was written at the step (or the previous one kept)
+        return interrupted(prog, command, out if e.checkpoint is not None else None, code=e.exit_code, what=str(e))
+    except KeyboardInterrupt as e:
+        return interrupted(prog, command, out, code=getattr(e, "exit_code", 130))
     finally:
         distributed.cleanup()
+        release_run_locks()
     print(report(summary) if report is not None else trained_line(summary, out), flush=True)
     return 0

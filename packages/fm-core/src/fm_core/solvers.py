@@ -375,6 +375,13 @@ def _solve_adaptive(
     t_dtype = torch.float32 if x.device.type == "mps" else torch.float64
     t = torch.tensor(grid, dtype=t_dtype, device=x.device)
     options = {"step_t": t[-1:].clone()}
-    sol = odeint(lambda tt, xx: f(xx, tt), x, t, method=method, atol=atol, rtol=rtol, options=options)
+    try:
+        sol = odeint(lambda tt, xx: f(xx, tt), x, t, method=method, atol=atol, rtol=rtol, options=options)
+    except AssertionError as e:  # torchdiffeq's "underflow in dt nan": the step size collapsed
+        raise ValueError(
+            f"the {method} solver could not integrate this velocity field: its step size became "
+            f"{'NaN' if 'nan' in str(e) else 'zero'} after {f.nfe} evaluations (the velocity is NaN/inf or "
+            f"diverges; torchdiffeq: {' '.join(str(e).split())})"
+        ) from None
     xs = list(sol) if keep else [sol[-1]]
     return xs, f.nfe

@@ -26,6 +26,8 @@ from .toy import (
     get_toy,
 )
 
+__version__ = "0.2.0"
+
 __all__ = [
     # toy
     "TOY_DATASETS",

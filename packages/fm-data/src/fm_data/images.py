@@ -261,10 +261,38 @@ def find_dataset_dir(name: str, data_dir: str | os.PathLike | None = None, *, do
     )
 
 
+#: The most bytes an IDX file may decompress to (MNIST's training images are 47,040,016): a gzip bomb
+#: in place of a data file stops here instead of filling the memory.
+MAX_IDX_BYTES = 64 * 2**20
+
+
+def _decompress_bounded(path: Path) -> bytes:
+    """The decompressed content of ``path``, read no further than its IDX header allows (header + the
+    product of its dims, at most :data:`MAX_IDX_BYTES`): DataError when the stream goes on beyond."""
+    with gzip.open(path, "rb") as f:
+        head = f.read(4)
+        dims = b""
+        limit = MAX_IDX_BYTES
+        if len(head) == 4 and head[:3] == b"\0\0\x08" and 1 <= head[3] <= 4:
+            dims = f.read(4 * head[3])
+            if len(dims) == 4 * head[3]:
+                size = 4 + len(dims) + int(np.prod([int(d) for d in np.frombuffer(dims, dtype=">i4")], dtype=object))
+                limit = min(size, MAX_IDX_BYTES)
+        rest = f.read(max(limit - len(head) - len(dims), 0) + 1)
+    raw = head + dims + rest
+    if len(raw) > limit:
+        raise DataError(
+            f"corrupt file {path}: it decompresses to more than the {limit:,} bytes its IDX header allows "
+            f"(a padded file or a gzip bomb; at most {MAX_IDX_BYTES:,} are read). {_FIX_HINT}"
+        )
+    return raw
+
+
 def _read_verified(path: Path, expected_md5: str | None) -> bytes:
-    """Decompress ``path`` and check the MD5 of the content (once per file per process)."""
+    """Decompress ``path`` (bounded: :func:`_decompress_bounded`) and check the MD5 of the content
+    (once per file per process)."""
     try:
-        raw = gzip.decompress(path.read_bytes())
+        raw = _decompress_bounded(path)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"corrupt or unreadable file {path}: {type(e).__name__}: {e}. {_FIX_HINT}") from e
     if expected_md5 is not None:

@@ -28,7 +28,16 @@ from fm_data.images import find_dataset_dir, load_images
 
 from .classifier import check_images, classify, weights_path
 
-__all__ = ["FeatureStats", "FIDResult", "feature_stats", "frechet_distance", "image_features", "reference_stats", "fid"]
+__all__ = [
+    "FeatureStats",
+    "FIDResult",
+    "feature_stats",
+    "frechet_distance",
+    "image_features",
+    "random_subset",
+    "reference_stats",
+    "fid",
+]
 
 REFERENCE_SPLITS = ("test", "train")
 
@@ -106,6 +115,14 @@ def image_features(
     return classify(images, dataset, batch_size=batch_size, device=device).features
 
 
+def random_subset(images: Tensor, n: int, seed: int = 0) -> Tensor:
+    """``n`` of ``images`` [N, ...] drawn without replacement by a generator seeded with ``seed``
+    (the first n of ``torch.randperm(N)``): the same subset for the same N, n and seed."""
+    if not 1 <= n <= len(images):
+        raise ValueError(f"a random subset needs 1 <= n <= {len(images)}, got {n}")
+    return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
 def reference_stats(
     dataset: str,
     split: str = "test",
@@ -130,8 +147,7 @@ def reference_stats(
         if n_reference is not None:
             if not 2 <= n_reference <= len(images):
                 raise ValueError(f"n_reference must be in [2, {len(images)}] for the {split} split, got {n_reference}")
-            idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n_reference]
-            images = images[idx]
+            images = random_subset(images, n_reference, seed)
         _REF_CACHE[key] = feature_stats(image_features(images, dataset, device=device))
     return _REF_CACHE[key]
 

@@ -9,14 +9,23 @@ one can be downloaded.
 
 from .cache import CACHE_FORMAT, LatentCache, LatentCacheError, check_vae_identity, load_latent_cache, save_latent_cache
 from .training import VAELoss, check_small_vae, kl_to_standard_normal, small_autoencoder_kl, vae_loss
-from .vae import VAE_CLASSES, LatentVAE, LatentVAEError, downsample_factor, pad_to_multiple, scale_shift_from_latents
+from .vae import (
+    VAE_CLASSES,
+    HubUnreachableError,
+    LatentVAE,
+    LatentVAEError,
+    downsample_factor,
+    pad_to_multiple,
+    scale_shift_from_latents,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CACHE_FORMAT",
     "LatentCache",
     "LatentCacheError",
+    "HubUnreachableError",
     "LatentVAE",
     "LatentVAEError",
     "VAELoss",

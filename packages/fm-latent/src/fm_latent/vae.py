@@ -47,6 +47,7 @@ if TYPE_CHECKING:  # diffusers is imported lazily at run time (it is slow to imp
 
 __all__ = [
     "VAE_CLASSES",
+    "HubUnreachableError",
     "LatentVAE",
     "LatentVAEError",
     "downsample_factor",
@@ -60,6 +61,47 @@ VAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
 
 class LatentVAEError(ValueError):
     """A VAE, image or latent that the wrapper cannot use (the message says why and what is allowed)."""
+
+
+class HubUnreachableError(ConnectionError, LatentVAEError):
+    """The Hugging Face Hub could not be reached (or HF_HUB_OFFLINE=1) and the VAE is not cached."""
+
+
+#: What a hub id's snapshot must hold (weights only as safetensors: nothing is unpickled).
+HUB_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+
+
+def _hub_folder(repo_id: str) -> Path:
+    """Local snapshot of the VAE ``repo_id``: one metadata request, no retries, before diffusers is imported.
+
+    (fm-nets and fm-nflows have the same function; the import graph keeps the packages apart.)
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=list(HUB_FILES)))
+    except LocalEntryNotFoundError:
+        if constants.HF_HUB_OFFLINE:
+            raise HubUnreachableError(
+                f"cannot load the VAE {repo_id!r}: HF_HUB_OFFLINE=1 is set and it is not in the local Hub cache; give a "
+                "local folder written by save_pretrained instead (e.g. RUN/vae of fm-latentgen train-vae), or unset HF_HUB_OFFLINE to download it"
+            ) from None
+        raise HubUnreachableError(
+            f"cannot load the VAE {repo_id!r}: the Hugging Face Hub ({constants.ENDPOINT}) could not be reached and it is "
+            "not in the local cache; give a local folder written by save_pretrained instead (e.g. RUN/vae of fm-latentgen train-vae) "
+            "(HF_HUB_OFFLINE=1 uses cached files without asking the Hub)"
+        ) from None
+    except RepositoryNotFoundError:
+        raise LatentVAEError(
+            f"no repository {repo_id!r} on the Hugging Face Hub (or it is private: `hf auth login`)"
+        ) from None
+    except HFValidationError as exc:
+        raise LatentVAEError(f"{repo_id!r} is neither a local folder nor a valid Hub id ('org/name'): {exc}") from None
+    missing = [f for f in HUB_FILES if not (folder / f).is_file()]
+    if missing:
+        raise LatentVAEError(f"the Hub repository {repo_id!r} has no {', '.join(missing)} (a diffusers VAE needs both)")
+    return folder
 
 
 def _vae_class(name: str):
@@ -183,12 +225,14 @@ class LatentVAE:
     ) -> LatentVAE:
         """Load a VAE saved with diffusers' ``save_pretrained`` from a local directory or a hub id.
 
-        The class (AutoencoderKL or AutoencoderTiny) is read from its config.json. ``kwargs`` go to
-        :class:`LatentVAE` (image_channels, image_size). Weights load as float32 from safetensors
-        where present. A missing directory without network access is a LatentVAEError.
+        A folder (:meth:`save_pretrained`'s, diffusers' layout) holds config.json (class, architecture,
+        ``scaling_factor`` and ``shift_factor``) and diffusion_pytorch_model.safetensors. The class
+        (AutoencoderKL or AutoencoderTiny) is read from config.json. ``kwargs`` go to
+        :class:`LatentVAE` (image_channels, image_size: not stored in the folder). Weights load as
+        float32. A hub id is fetched first (config.json and the safetensors weights; no retries):
+        offline with the files not cached, :class:`HubUnreachableError` (a LatentVAEError) says so in
+        one line within seconds.
         """
-        from diffusers import AutoencoderKL
-
         where = str(name_or_path)
         local = Path(where).expanduser()
         if not local.exists() and (
@@ -199,8 +243,9 @@ class LatentVAE:
                 f"cannot load a VAE from {where!r}: no such directory (give a directory written by "
                 "save_pretrained, e.g. RUN/vae of fm-latentgen train-vae, or a hub id 'org/name')"
             )
-        if local.is_dir():
-            where = str(local)
+        where = str(local) if local.is_dir() else str(_hub_folder(where))
+        from diffusers import AutoencoderKL  # slow to import: only once the files are here
+
         try:
             config = AutoencoderKL.load_config(where)
         except (OSError, ValueError) as e:
@@ -212,7 +257,9 @@ class LatentVAE:
         return cls(vae.to(device), name_or_path=where, **kwargs)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the VAE (config.json with the scale and shift, safetensors weights) in diffusers format."""
+        """Write the VAE as a folder in diffusers' layout: config.json (architecture, class, scale and shift)
+        and diffusion_pytorch_model.safetensors; :meth:`from_pretrained` reads it back (and so does
+        diffusers' ``AutoencoderKL.from_pretrained``). Returns the folder."""
         directory = Path(directory)
         self.vae.save_pretrained(directory, safe_serialization=True)
         return directory

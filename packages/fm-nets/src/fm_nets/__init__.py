@@ -9,10 +9,15 @@ from __future__ import annotations
 from torch import nn
 
 from .embeddings import LabelEmbedding, TimeEmbedding, sinusoidal_embedding
+from .hub import HubMixin, HubUnreachableError
 from .mlp import MLPVelocity
 from .unet import UNet
 
+__version__ = "0.2.0"
+
 __all__ = [
+    "HubMixin",
+    "HubUnreachableError",
     "LabelEmbedding",
     "TimeEmbedding",
     "sinusoidal_embedding",

@@ -39,6 +39,7 @@ from timm.layers import Attention, Mlp, PatchEmbed
 from torch import Tensor, nn
 
 from .embeddings import LabelEmbedding, TimeEmbedding, as_time_batch
+from .hub import HubMixin
 
 __all__ = ["DiT", "DiTBlock", "DIT_CONFIGS", "sincos_pos_embed_2d"]
 
@@ -131,7 +132,7 @@ def _size2(value: int | Sequence[int], name: str) -> tuple[int, int]:
     return h, w
 
 
-class DiT(nn.Module):
+class DiT(nn.Module, HubMixin):
     """DiT velocity field ``forward(x [B, C, H, W], t [B], y [B] | None) -> v [B, C, H, W]``.
 
     Args:

@@ -8,17 +8,27 @@ fed with raw t in [0, 1] leaves most channels almost constant. We scale t by ``s
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
+
+#: Device types whose autocast :class:`TimeEmbedding` switches off (others have none).
+_AUTOCAST_DEVICES = ("cpu", "cuda", "mps", "xpu")
 
 
 def as_time_batch(t: Tensor | float, batch: int, like: Tensor) -> Tensor:
     """Return t as a float tensor of shape [batch] on ``like``'s device and dtype.
 
-    Accepts a Python float, a 0-d tensor, a [1] tensor or a [batch] tensor.
+    Accepts a Python float, a 0-d tensor, a [1] tensor or a [batch] tensor. Under autocast a
+    half-precision ``like`` (an activation) gives float32 t: bf16 has 8 bits of mantissa and would
+    round t = 0.999 to 1.
     """
-    t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+    dtype = like.dtype
+    kind = like.device.type
+    if dtype in (torch.bfloat16, torch.float16) and kind in _AUTOCAST_DEVICES and torch.is_autocast_enabled(kind):
+        dtype = torch.float32
+    t = torch.as_tensor(t, dtype=dtype, device=like.device)
     if t.ndim == 0 or t.numel() == 1:
         return t.reshape(1).expand(batch)
     if t.shape != (batch,):
@@ -40,7 +50,12 @@ def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0, max_period:
 
 
 class TimeEmbedding(nn.Module):
-    """t [B] in [0, 1] -> [B, out_dim]: sinusoidal features of 1000 t, then Linear-SiLU-Linear."""
+    """t [B] in [0, 1] -> [B, out_dim]: sinusoidal features of 1000 t, then Linear-SiLU-Linear.
+
+    Computed in the weights' dtype (float32) with autocast switched off, so that under bf16
+    autocast t near 1 stays distinguishable (1 - 1e-3 and 1 are the same bf16 number); the layers
+    that use the embedding are autocast as usual.
+    """
 
     def __init__(self, out_dim: int, freq_dim: int = 128, scale: float = 1000.0) -> None:
         super().__init__()
@@ -49,7 +64,11 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(sinusoidal_embedding(t, self.freq_dim, self.scale))
+        first: nn.Linear = self.mlp[0]  # type: ignore[assignment]
+        dtype = first.weight.dtype
+        kind = t.device.type
+        with torch.autocast(device_type=kind, enabled=False) if kind in _AUTOCAST_DEVICES else nullcontext():
+            return self.mlp(sinusoidal_embedding(t.float(), self.freq_dim, self.scale).to(dtype))
 
 
 class LabelEmbedding(nn.Module):

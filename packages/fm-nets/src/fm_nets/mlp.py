@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .embeddings import LabelEmbedding, TimeEmbedding, as_time_batch
+from .hub import HubMixin
 
 __all__ = ["MLPVelocity", "ACTIVATIONS", "TIME_EMBEDDINGS"]
 
@@ -68,7 +69,7 @@ class _ResidualBlock(nn.Module):
         return h + self.fc2(self.act(self.fc1(self.norm(h)) + self.cond(c)))
 
 
-class MLPVelocity(nn.Module):
+class MLPVelocity(nn.Module, HubMixin):
     """Velocity MLP: forward(x [B, dim] or [B, *shape] with prod(shape) = dim, t [B], y [B] | None) -> v like x.
 
     Args:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .embeddings import LabelEmbedding, TimeEmbedding, as_time_batch
+from .hub import HubMixin
 
 __all__ = ["UNet", "ResBlock", "SelfAttention2d"]
 
@@ -111,7 +112,7 @@ class SelfAttention2d(nn.Module):
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
-class UNet(nn.Module):
+class UNet(nn.Module, HubMixin):
     """U-Net velocity field ``forward(x [B,C,H,W], t [B], y [B] | None) -> v [B,C,H,W]``.
 
     Args:

@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor, nn
 
 from .actnorm import ActNorm
@@ -68,7 +70,7 @@ class Layerwise:
     direction: str
 
 
-class Flow(nn.Module):
+class Flow(nn.Module, PyTorchModelHubMixin, library_name="fm-nflows", tags=["normalizing-flow", "fm-toolkit"]):
     """Normalizing flow over ``R^dim`` with a standard normal base distribution.
 
     Args:
@@ -82,6 +84,11 @@ class Flow(nn.Module):
 
     Labels ``y``: None for an unconditional flow; for a conditional one, an int (or 0-d
     tensor) that broadcasts over the batch, or an int64 tensor ``[B]`` in ``[0, num_classes)``.
+
+    Sharing (huggingface_hub's ``PyTorchModelHubMixin``): ``flow.save_pretrained(DIR)`` writes
+    config.json (the build_flow keyword arguments), model.safetensors and a model card;
+    ``Flow.from_pretrained(DIR or "org/name")`` rebuilds it (also from :func:`save_flow` folders);
+    ``flow.push_to_hub("org/name")`` uploads it.
     """
 
     def __init__(
@@ -233,6 +240,35 @@ class Flow(nn.Module):
         from .checkpoint import load_flow
 
         return load_flow(directory, device=device)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The mixin's hook: config.json = build_flow's keyword arguments, model.safetensors (atomic)."""
+        from .checkpoint import flow_config_text, write_flow
+
+        write_flow(self, Path(save_directory), flow_config_text(self))
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> Flow:
+        """The flow in a local folder (save_pretrained's or :func:`save_flow`'s) or a Hub repository.
+
+        Eval mode, on ``map_location``. config.json is checked (unknown keys, wrong types: a one-line
+        ValueError); an unreachable Hub with the files not cached raises ``ConnectionError`` (also a
+        ValueError) in one line, without retries.
+        """
+        from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, hub_folder, load_flow
+
+        where = Path(pretrained_model_name_or_path).expanduser()
+        if not where.is_dir() and not isinstance(pretrained_model_name_or_path, Path):
+            name = str(pretrained_model_name_or_path)
+            if not name.startswith(("/", ".", "~")):
+                where = hub_folder(name, (CONFIG_NAME, WEIGHTS_NAME), revision=revision)
+        return load_flow(where, device=map_location)
 
 
 def build_flow(

@@ -30,14 +30,21 @@ from .history import HISTORY_FILENAME, LossHistory, read_csv_columns
 from .hooks import StepContext, StepInfo, StopFn
 from .loggers import CSVLogger, Logger, MissingDependencyError, TensorBoardLogger
 from .loop import Trainer, TrainingDivergedError, TrainResult
+from .precision import PRECISIONS, PrecisionChoice, resolve_precision, sampling_precision
 from .rng import capture_rng_state, restore_rng_state, seed_everything
 from .rundir import METRICS_FILENAME, RunDir, machine_info
+from .runlock import RunLock, RunLockedError, lock_run
 from .schedule import SCHEDULES, decay_progress, lr_at
+from .signals import Interrupted, TrainingInterrupted, raise_on_signals
 from .sweep import CsvLog, TaskContext, TaskResult, read_csv_rows, run_pool
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "PRECISIONS",
+    "PrecisionChoice",
+    "resolve_precision",
+    "sampling_precision",
     "CHECKPOINT_DIRNAME",
     "CSVLogger",
     "Checkpoint",
@@ -48,12 +55,15 @@ __all__ = [
     "DistInfo",
     "EMA",
     "HISTORY_FILENAME",
+    "Interrupted",
     "Logger",
     "LossHistory",
     "METRICS_FILENAME",
     "MissingDependencyError",
     "RESUME_MUST_MATCH",
     "RunDir",
+    "RunLock",
+    "RunLockedError",
     "SCHEDULES",
     "StepContext",
     "StepInfo",
@@ -66,6 +76,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "TrainingDivergedError",
+    "TrainingInterrupted",
     "atomic_file",
     "atomic_write_text",
     "autocast",
@@ -78,11 +89,13 @@ __all__ = [
     "load_checkpoint",
     "load_model_for_sampling",
     "load_weights",
+    "lock_run",
     "lr_at",
     "machine_info",
     "maybe_compile",
     "read_csv_columns",
     "read_csv_rows",
+    "raise_on_signals",
     "read_json",
     "recover_checkpoint",
     "resolve_device",

@@ -26,8 +26,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from safetensors.torch import load_file as _st_load_file
+from safetensors.torch import safe_open as _st_safe_open
 from safetensors.torch import save_file as _st_save_file
 from torch import nn
 
@@ -77,6 +79,7 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     ema: dict[str, torch.Tensor] | None
     train_state: dict[str, Any] | None
+    generation: str | None = None
 
     @property
     def step(self) -> int:
@@ -89,6 +92,23 @@ class Checkpoint:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _file_mode() -> int:
+    """What ``open()`` gives a new file: 0o666 less the umask (0o644 under the usual 022)."""
+    return 0o666 & ~_umask()
+
+
+def _real(path: Path) -> Path:
+    """A symlinked checkpoint directory is written where the link points (the link stays a link)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def _rename(src: Path, dst: Path) -> None:
@@ -140,7 +160,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, _file_mode())  # mkstemp makes it 0600; the user's umask decides
         os.replace(tmp, path)
         tmp = None
     except OSError as e:
@@ -188,13 +208,18 @@ def _cpu_tensors(state: Mapping[str, Any], what: str) -> dict[str, torch.Tensor]
     return out
 
 
-def _read_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def _read_safetensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], str | None]:
+    """(tensors, the checkpoint generation in the file's metadata or None)."""
     if not path.is_file():
         raise CheckpointError(f"{path}: missing file")
     try:
-        return _st_load_file(str(path), device=str(device))
+        with _st_safe_open(str(path), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+    gen = meta.get("generation")
+    return tensors, gen if isinstance(gen, str) else None
 
 
 def _read_torch(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -252,7 +277,7 @@ def recover_checkpoint(path: str | os.PathLike) -> Path | None:
     killed before removing the old one -> ``checkpoint.old`` removed;
     killed while writing -> ``checkpoint.tmp-*`` removed. Returns the checkpoint dir or None.
     """
-    path = _resolve(path)
+    path = _real(_resolve(path))
     old = _old(path)
     if not path.exists() and old.is_dir():
         _rename(old, path)
@@ -279,10 +304,13 @@ def save_checkpoint(
     while writing (full disk, no permission) becomes a :class:`CheckpointError` and leaves
     the previous checkpoint untouched.
     """
-    path = Path(path)
+    path = _real(Path(path))
     model_cpu = _cpu_tensors(model_state, "model_state")
     ema_cpu = _cpu_tensors(ema_state, "ema_state") if ema_state is not None else None
-    cfg = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **dict(config)}
+    # every file of this checkpoint carries the same random generation id: a reader that meets two
+    # (a writer replaced the checkpoint while it read) reads again (load_checkpoint)
+    generation = secrets.token_hex(8)
+    cfg = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **dict(config), "generation": generation}
     try:
         cfg_text = json.dumps(cfg, indent=2, sort_keys=False, allow_nan=False)
     except (TypeError, ValueError) as e:
@@ -293,25 +321,34 @@ def save_checkpoint(
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
     except OSError as e:
         raise CheckpointError(f"{path}: cannot write checkpoint ({_first_line(e)})") from None
+    meta = {"format": "pt", "generation": generation}
     try:
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the user's umask decides
         with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
             f.write(cfg_text + "\n")
             f.flush()
             os.fsync(f.fileno())
-        _st_save_file(model_cpu, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        _st_save_file(model_cpu, str(tmp / MODEL_FILE), metadata=meta)
+        os.chmod(tmp / MODEL_FILE, _file_mode())  # safetensors writes 0600
         _fsync_file(tmp / MODEL_FILE)
         if ema_cpu is not None:
-            _st_save_file(ema_cpu, str(tmp / EMA_FILE), metadata={"format": "pt"})
+            _st_save_file(ema_cpu, str(tmp / EMA_FILE), metadata=meta)
+            os.chmod(tmp / EMA_FILE, _file_mode())
             _fsync_file(tmp / EMA_FILE)
         if train_state is not None:
             with open(tmp / STATE_FILE, "wb") as f:
-                torch.save(dict(train_state), f)
+                torch.save({**dict(train_state), "generation": generation}, f)
                 f.flush()
                 os.fsync(f.fileno())
         _fsync_dir(tmp)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, OSError) and isinstance(e, Exception) and _library_io_error(e):
+            # a full disk seen by safetensors (SafetensorError) or torch.save (RuntimeError, with the
+            # OSError it met as its context): one line, with the OSError's words where there is one
+            cause = _os_error_in(e)
+            kept = " (the previous checkpoint is intact)" if path.exists() else ""
+            raise CheckpointError(f"{path}: cannot write checkpoint ({_first_line(cause or e)}){kept}") from None
         if isinstance(e, OSError):
             kept = " (the previous checkpoint is intact)" if path.exists() else ""
             raise CheckpointError(f"{path}: cannot write checkpoint ({_first_line(e)}){kept}") from None
@@ -325,6 +362,33 @@ def save_checkpoint(
     return path
 
 
+def _os_error_in(e: BaseException) -> OSError | None:
+    """The OSError in ``e``'s chain of causes and contexts, if any."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _library_io_error(e: BaseException) -> bool:
+    """An error of safetensors or torch.save that is a failed write (full disk, I/O error)."""
+    text = str(e).lower()
+    words = ("no space", "errno", "i/o error", "write", "file", "disk", "quota", "os error")
+    return (
+        type(e).__name__ == "SafetensorError"
+        or _os_error_in(e) is not None
+        or (isinstance(e, RuntimeError) and any(w in text for w in words))
+    )
+
+
+#: How often :func:`load_checkpoint` reads again when a writer replaced the checkpoint meanwhile.
+READ_ATTEMPTS = 5
+
+
 def load_checkpoint(
     path: str | os.PathLike, *, map_location: str | torch.device = "cpu", train_state: bool = True
 ) -> Checkpoint:
@@ -332,7 +396,34 @@ def load_checkpoint(
 
     ``ema`` is None when ``ema.safetensors`` is absent; ``train_state`` is None when not asked
     for or absent. Raises :class:`CheckpointError` naming the file for anything unreadable.
+    Every file of a checkpoint carries its generation id: files of two checkpoints (a writer
+    replaced it during the read) or a file gone meanwhile make it read again, up to
+    :data:`READ_ATTEMPTS` times.
     """
+    for attempt in range(READ_ATTEMPTS):
+        last = attempt == READ_ATTEMPTS - 1
+        before = _config_generation(find_checkpoint(path))
+        try:
+            return _load_once(path, map_location=map_location, train_state=train_state)
+        except _Replaced as e:
+            if last:
+                raise CheckpointError(
+                    f"{e.file}: the checkpoint changed {READ_ATTEMPTS} times while it was read "
+                    "(another process keeps writing it); try again"
+                ) from None
+        except CheckpointError:  # a file gone because a writer replaced the checkpoint: read the new one
+            if last or _config_generation(find_checkpoint(path)) in (before, None):
+                raise
+        time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+class _Replaced(Exception):
+    def __init__(self, file: Path):
+        self.file = file
+
+
+def _load_once(path: str | os.PathLike, *, map_location: str | torch.device, train_state: bool) -> Checkpoint:
     found = find_checkpoint(path)
     if found is None:
         p = _resolve(path)
@@ -357,12 +448,43 @@ def load_checkpoint(
     step = config.get("step", 0)
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise CheckpointError(f"{found / CONFIG_FILE}: 'step' must be an integer >= 0, found {step!r}")
-    model = _read_safetensors(found / MODEL_FILE)
-    ema = _read_safetensors(found / EMA_FILE) if (found / EMA_FILE).exists() else None
+    config = dict(config)
+    generation = config.pop("generation", None)
+
+    def same(file: Path, gen: Any) -> None:
+        # a file without an id was not written by this protocol (edited by hand): its contents are checked later
+        if generation is not None and gen is not None and gen != generation:
+            raise _Replaced(file)
+
+    def current(file: Path) -> bool:
+        """Whether ``file`` exists; if not while config.json has changed meanwhile, read again."""
+        if file.exists():
+            return True
+        if generation is not None and _config_generation(found) != generation:
+            raise _Replaced(file)
+        return False
+
+    current(found / MODEL_FILE)
+    model, gen = _read_safetensors(found / MODEL_FILE)
+    same(found / MODEL_FILE, gen)
+    ema = None
+    if current(found / EMA_FILE):
+        ema, gen = _read_safetensors(found / EMA_FILE)
+        same(found / EMA_FILE, gen)
     state = None
-    if train_state and (found / STATE_FILE).exists():
+    if train_state and current(found / STATE_FILE):
         state = _read_torch(found / STATE_FILE, map_location=map_location)
-    return Checkpoint(path=found, config=config, model=model, ema=ema, train_state=state)
+        same(found / STATE_FILE, state.pop("generation", None))
+    return Checkpoint(path=found, config=config, model=model, ema=ema, train_state=state, generation=generation)
+
+
+def _config_generation(found: Path | None) -> Any:
+    if found is None:
+        return None
+    try:
+        return json.loads((found / CONFIG_FILE).read_text(encoding="utf-8")).get("generation")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 # ----------------------------------------------------------------------------- fitting weights to a model
@@ -376,13 +498,30 @@ def _names(keys: list[str], limit: int = 5) -> str:
 def check_state_dict(
     expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], file: str | os.PathLike
 ) -> None:
-    """Raise :class:`CheckpointError` if ``found`` lacks, adds or mis-shapes tensors of ``expected``."""
+    """Raise :class:`CheckpointError` if ``found`` lacks, adds, mis-shapes or mis-types tensors of ``expected``
+    or holds NaN/inf (a checkpoint is untrusted input: nothing is loaded that the model would not hold)."""
     missing = [k for k in expected if k not in found]
     extra = [k for k in found if k not in expected]
     shapes = [
         f"{k} {list(found[k].shape)} in the file vs {list(expected[k].shape)} in the model"
         for k in expected
         if k in found and tuple(found[k].shape) != tuple(expected[k].shape)
+    ]
+    dtypes = [
+        f"{k} {str(found[k].dtype).removeprefix('torch.')} in the file vs "
+        f"{str(expected[k].dtype).removeprefix('torch.')} in the model"
+        for k in expected
+        if k in found and found[k].dtype != expected[k].dtype
+    ]
+    nonfinite = [
+        k
+        for k in expected
+        if k in found
+        and not shapes
+        and not dtypes
+        and found[k].is_floating_point()
+        and found[k].numel()
+        and not bool(torch.isfinite(found[k]).all())
     ]
     problems = []
     if missing:
@@ -391,6 +530,10 @@ def check_state_dict(
         problems.append(f"unexpected tensors: {_names(extra)}")
     if shapes:
         problems.append(f"wrong shapes: {_names(shapes, 3)}")
+    if dtypes:
+        problems.append(f"wrong dtypes: {_names(dtypes, 3)}")
+    if nonfinite:
+        problems.append(f"NaN or infinite values in: {_names(nonfinite)}")
     if problems:
         raise CheckpointError(f"{file}: does not fit the model ({'; '.join(problems)})")
 

@@ -37,7 +37,7 @@ __all__ = ["StrictConfig", "TrainConfig", "DEFAULT_STEPS", "RESUME_MUST_MATCH"]
 DEFAULT_STEPS = 1000
 
 # Fields that define the optimisation trajectory: a resumed run must use the same values.
-# The rest (budget, logging, checkpoint cadence, device, bf16, compile, progress) may change.
+# The rest (budget, logging, checkpoint cadence, device, precision, compile, progress) may change.
 RESUME_MUST_MATCH = (
     "batch_size", "lr", "betas", "weight_decay", "warmup_steps", "schedule", "min_lr_ratio",
     "grad_clip", "ema_decay", "ema_warmup", "seed",
@@ -249,7 +249,10 @@ class TrainConfig(StrictConfig):
     log_every      steps between loss syncs (host-device sync, NaN check, history row, loggers, stop_fn)
     ckpt_every     checkpoint every N steps (None = off); ckpt_minutes: also every M minutes (None = off)
     sample_every   call sample_fn every N steps (None = only at the end)
-    device         "auto" | "cpu" | "cuda" | "cuda:N" | "mps";  bf16: autocast (CUDA); compile: torch.compile
+    device         "auto" | "cpu" | "cuda" | "cuda:N" | "mps";  compile: torch.compile (CPU and CUDA)
+    precision      "fp32", "bf16" (autocast of the forward pass and loss; weights, optimizer state,
+                   EMA, loss value stay float32) or "auto" (measured at the start, fm_train.precision)
+    bf16           deprecated: True means precision="bf16" (old run configs); always False once read
     progress       show a tqdm progress bar
     """
 
@@ -278,8 +281,13 @@ class TrainConfig(StrictConfig):
     bf16: bool = False
     compile: bool = False
     progress: bool = True
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.bf16 is True:  # the old switch (configs of fm-train <= 0.2): precision bf16
+            if self.precision not in ("fp32", "bf16"):
+                raise ValueError(f"TrainConfig.bf16=True contradicts precision={self.precision!r}; give precision only")
+            self.precision, self.bf16 = "bf16", False
         if self.steps is not None and self.minutes is not None:
             raise ValueError(
                 f"give exactly one budget, steps or minutes, not both (steps={self.steps!r}, minutes={self.minutes!r})"
@@ -318,6 +326,7 @@ class TrainConfig(StrictConfig):
         self._check_int("ckpt_every", 1, optional=True)
         self._check_real("ckpt_minutes", 0, low_open=True, optional=True)
         self._check_int("sample_every", 1, optional=True)
+        self._check_choice("precision", ("auto", "fp32", "bf16"))
         if not isinstance(self.device, str) or not self.device.strip():
             raise self._invalid("device", f"one of {', '.join(DEVICE_CHOICES)} or 'cuda:N'")
 

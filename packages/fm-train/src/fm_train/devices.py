@@ -70,8 +70,9 @@ def autocast(device: torch.device | str, bf16: bool = False) -> contextlib.Abstr
     """Context for the forward pass: bf16 autocast when ``bf16`` is true, else a no-op.
 
     On CUDA this is the usual mixed precision (weights and optimizer stay float32).
-    It also works on CPU (``torch.autocast("cpu", bfloat16)``), but it is off by
-    default there: float32 is the CPU default and most CPUs gain nothing from bf16.
+    It also works on CPU (``torch.autocast("cpu", bfloat16)``): it pays on CPUs with
+    AVX512-BF16 or AMX and costs a lot on AVX2-only ones, so a run's ``precision="auto"``
+    measures it first (fm_train.precision).
     """
     if not bf16:
         return contextlib.nullcontext()
@@ -82,7 +83,8 @@ def autocast(device: torch.device | str, bf16: bool = False) -> contextlib.Abstr
 
 
 def maybe_compile(model: nn.Module, enabled: bool = False, **compile_kwargs) -> nn.Module:
-    """Return ``torch.compile(model)`` when ``enabled``, else ``model`` itself.
+    """Return ``torch.compile(model)`` when ``enabled``, else ``model`` itself (CPU and CUDA; on the
+    CPU inductor needs a C++ compiler). Compilation happens lazily, at the first call.
 
     The compiled wrapper shares parameters with ``model``; keep using the original
     module for ``state_dict()`` so checkpoint keys carry no ``_orig_mod.`` prefix.

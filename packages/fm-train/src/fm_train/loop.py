@@ -58,19 +58,24 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import RESUME_MUST_MATCH, TrainConfig
-from .devices import autocast, maybe_compile, resolve_device
+from .devices import maybe_compile, resolve_device
 from .distributed import broadcast_float, dist_info
 from .ema import EMA
 from .history import LossHistory
 from .hooks import StepContext, StepInfo, StopFn
 from .loggers import CSVLogger, Logger
+from .precision import PrecisionChoice, _rng_kept, precision_autocast, resolve_precision
 from .rng import capture_rng_state, restore_rng_state, seed_everything
 from .rundir import RunDir
+from .runlock import lock_run
 from .schedule import decay_progress, lr_at
+from .signals import SecondSignal, StopSignals, TrainingInterrupted
+from .statecheck import check_train_state
 
 __all__ = ["Trainer", "TrainResult", "TrainingDivergedError"]
 
 log = logging.getLogger("fm_train")
+plog = logging.getLogger("fm_train.precision")  # the precision decision and the compile time (apps show it)
 
 BatchFn = Callable[[int, torch.Generator], Any]
 LossFn = Callable[[nn.Module, Any, StepContext], torch.Tensor]
@@ -104,6 +109,9 @@ class TrainResult:
     final_loss      mean loss over the last logged interval (None if no step was taken)
     history_path    RUN/loss.csv (written by CSVLogger);  checkpoint_path: RUN/checkpoint (None if none written)
     stopped_by      "steps" or "minutes" (the budget was used up), or "callback" (stop_fn returned True)
+    precision       "fp32" or "bf16": what this call trained in (see fm_train.precision)
+    compile_seconds with compile: the first step of this call, when torch.compile compiles (inside
+                    ``seconds`` and the minutes budget); None without compile
     """
 
     steps: int
@@ -113,6 +121,8 @@ class TrainResult:
     history_path: Path
     checkpoint_path: Path | None
     stopped_by: str
+    precision: str = "fp32"
+    compile_seconds: float | None = None
 
 
 def _json_normalise(obj: Any, what: str) -> Any:
@@ -157,6 +167,15 @@ class Trainer:
     together; ``train(resume=True)`` continues it to the budget. ``loggers`` receive each log row
     on rank 0 (see fm_train.loggers); the default ``None`` is ``[CSVLogger(run_dir)]`` (loss.csv),
     ``[]`` logs nowhere.
+
+    Precision (``config.precision``, see fm_train.precision): the forward pass and ``loss_fn`` run
+    under bf16 autocast when the run trains in bf16; ``"auto"`` decides at the start of every
+    ``train()`` call (rank 0 measures an eager copy of the model on one batch of its own generator, so no
+    training randomness is consumed; the other ranks follow), logs one line and writes the choice
+    to RUN/metrics.json ``"precision"`` (with ``compile_seconds`` once a compiled run has compiled).
+    The measurement is start-up time, outside the minutes budget. ``sample_fn`` runs under the
+    same precision. With ``compile`` the first step of each call compiles the network; its time
+    is ``TrainResult.compile_seconds`` and counts in the minutes budget.
     """
 
     def __init__(
@@ -247,6 +266,7 @@ class Trainer:
         self._resume_interval = (0.0, 0)  # (sum, count) of the log interval a checkpoint was cut in
         self._last_loss: float | None = None
         self._lr = config.lr
+        self.precision: PrecisionChoice | None = None  # decided at the start of train()
 
     # ------------------------------------------------------------------ set-up helpers
 
@@ -273,6 +293,39 @@ class Trainer:
                 model, device_ids=[index] if index is not None else None, broadcast_buffers=False
             )
         return maybe_compile(model, self.config.compile)
+
+    def _resolve_precision(self, will_train: bool) -> PrecisionChoice:
+        """The run's precision (``"auto"`` measured on rank 0, its choice broadcast), logged and, on
+        rank 0 with ``"auto"`` or ``compile``, written to RUN/metrics.json ``"precision"``. Nothing is
+        measured or written when this call will train no step (``will_train`` false): auto is fp32 then."""
+        cfg = self.config
+        if not will_train:
+            chosen = "fp32" if cfg.precision == "auto" else cfg.precision
+            return PrecisionChoice(cfg.precision, chosen, reason="no step to train", device=self.device.type)
+        if cfg.precision == "auto" and self.is_main:
+            gen = self._make_generator()
+            gen.manual_seed(cfg.seed * 1_000_003 + self.step + 7)  # not the training stream
+            s = self.step + 1
+            ctx = StepContext(generator=gen, shard=self.shard, step=s, rank=self.rank, world_size=self.world_size)
+            with _rng_kept(self.device):
+                batch = self.batch_fn(s, gen)
+            choice = resolve_precision(
+                "auto",
+                self.model,
+                lambda m: self.loss_fn(m, batch, ctx),
+                self.device,
+                items_per_step=max(1, cfg.batch_size // self.world_size),
+            )
+        elif cfg.precision == "auto":  # another rank: rank 0 measures, its choice is broadcast below
+            choice = PrecisionChoice("auto", "fp32", reason="rank 0's choice", device=self.device.type)
+        else:
+            choice = PrecisionChoice(cfg.precision, cfg.precision, reason="as asked", device=self.device.type)
+        if self.world_size > 1 and cfg.precision == "auto":
+            choice.chosen = "bf16" if broadcast_float(1.0 if choice.bf16 else 0.0) > 0.5 else "fp32"
+        plog.info("%s", choice.line())
+        if self.is_main and (cfg.precision == "auto" or cfg.compile):
+            self.run.update_metrics("precision", {**choice.to_dict(), "compile": cfg.compile, "compile_seconds": None})
+        return choice
 
     def _run_config(self, fmt: str, step: int | None = None) -> dict[str, Any]:
         cfg: dict[str, Any] = {"format": fmt, "version": 1}
@@ -418,6 +471,8 @@ class Trainer:
         load_weights(self.ema.module, ckpt.ema, d / EMA_FILE)
         ts, sf = ckpt.train_state, d / STATE_FILE
         try:
+            # untrusted input: every tensor and number checked before use (fm_train.statecheck)
+            ts = check_train_state(ts, step=ckpt.step, optimizer=self.optimizer, generator=self.generator)
             if ts.get("format_version") != _STATE_VERSION:
                 raise ValueError(f"unsupported format_version {ts.get('format_version')!r}")
             step, elapsed = ts["step"], float(ts["elapsed"])
@@ -465,8 +520,9 @@ class Trainer:
         # whatever sample_every is, and wherever the checkpoints fall.
         rng = capture_rng_state()
         gen_state = self.generator.get_state()
+        chosen = self.precision.chosen if self.precision is not None else "fp32"
         try:
-            with torch.no_grad():
+            with torch.no_grad(), precision_autocast(self.device, chosen):
                 self.sample_fn(self.ema.module, self.step, self.run_dir)
         finally:
             restore_rng_state(rng)
@@ -474,6 +530,18 @@ class Trainer:
         return True
 
     # ------------------------------------------------------------------ hooks
+
+    def _signal_stop(self, guard: StopSignals) -> bool:
+        """Whether a SIGINT/SIGTERM asks to stop now: checked before every step; with several processes
+        rank 0's verdict at every log step, so that all ranks stop after the same step."""
+        if self.world_size == 1:
+            return guard.signum is not None
+        if self.step % self.config.log_every:
+            return False
+        signum = int(broadcast_float(float(guard.signum or 0)))
+        if signum and guard.signum is None:
+            guard.signum = signum
+        return signum > 0
 
     def _should_stop(self) -> bool:
         """rank 0's ``stop_fn`` verdict, the same on every rank (called at the same steps on all)."""
@@ -502,7 +570,19 @@ class Trainer:
 
     def train(self, resume: bool = False) -> TrainResult:
         """Run until the budget is used up; see the class docstring. ``resume=True`` continues the
-        run in ``run_dir`` from its checkpoint (or starts fresh when it has none yet)."""
+        run in ``run_dir`` from its checkpoint (or starts fresh when it has none yet).
+
+        Holds the run directory's lock meanwhile (:func:`fm_train.runlock.lock_run`: RunLockedError when
+        another process trains there). SIGINT/SIGTERM end the run after the current step with a
+        checkpoint and raise :class:`~fm_train.signals.TrainingInterrupted`."""
+        lock = lock_run(self.run_dir) if self.is_main else None  # one writer per run directory
+        try:
+            return self._train(resume)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train(self, resume: bool) -> TrainResult:
         cfg = self.config
         existing = find_checkpoint(self.checkpoint_dir)
         if resume and existing is not None:
@@ -519,15 +599,17 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.run.write_config(self._run_config(RUN_FORMAT))
-
         budget_s = cfg.minutes * 60.0 if cfg.minutes is not None else None
         total_steps = cfg.steps
+        will_train = self.step < total_steps if total_steps is not None else self.elapsed < (budget_s or 0.0)
+        choice = self.precision = self._resolve_precision(will_train)
+        compile_seconds: float | None = None
         start_step, base_elapsed = self.step, self.elapsed
         log_every, ckpt_every, sample_every = cfg.log_every, cfg.ckpt_every, cfg.sample_every
         ckpt_s = cfg.ckpt_minutes * 60.0 if cfg.ckpt_minutes is not None else None
         model, gen, opt, params = self._train_model, self.generator, self.optimizer, self._params
         grad_clip = cfg.grad_clip
-        amp = autocast(self.device, cfg.bf16)
+        amp = precision_autocast(self.device, choice.chosen)
         self._pending.clear()
         self._pending_first = self.step + 1
         self._interval_sum, self._interval_n = self._resume_interval
@@ -538,6 +620,8 @@ class Trainer:
         sampled_at: int | None = None  # step of the loop's last sample_fn call
 
         bar = self._progress_bar(budget_s, base_elapsed)
+        # SIGINT/SIGTERM: finish the step, write a checkpoint, raise TrainingInterrupted (fm_train.signals)
+        guard = StopSignals().__enter__()
         t0 = time.perf_counter()
         t_bar = t_log = t0
         e_ckpt = base_elapsed  # run time of the last checkpoint (time-based checkpoints)
@@ -554,6 +638,9 @@ class Trainer:
                         break
                 elif budget_s is not None and elapsed >= budget_s:
                     break
+                if self._signal_stop(guard):
+                    stopped_by = "signal"
+                    break
                 s = self.step + 1
                 lr = self.lr_for(s, elapsed)
                 if lr != self._lr:
@@ -563,17 +650,21 @@ class Trainer:
 
                 batch = self.batch_fn(s, gen)
                 ctx = StepContext(generator=gen, shard=shard, step=s, rank=rank, world_size=world)
+                t_compile = time.perf_counter() if cfg.compile and compile_seconds is None else None
                 with amp:
                     loss = self.loss_fn(model, batch, ctx)
                 if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
                     shape = list(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
                     raise ValueError(f"loss_fn must return a 0-d tensor, got {shape}")
+                loss = loss.float()  # a no-op in float32; the loss value is float32 under bf16 too
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, grad_clip)
                 opt.step()
                 self.ema.update(self.model)
+                if t_compile is not None:  # the first compiled step: forward and backward graphs compiled
+                    compile_seconds = self._compiled(t_compile)
                 self._pending.append(loss.detach())  # no sync: checked at the next flush
                 self.step = s
                 self.elapsed = base_elapsed + (time.perf_counter() - t0)
@@ -604,7 +695,7 @@ class Trainer:
 
             # End of the budget: last partial interval, final checkpoint, final samples.
             self._flush()
-            if self._interval_n:
+            if self._interval_n and stopped_by != "signal":  # a signal: the interval goes on after --resume
                 self._log_row(bar, steps_per_s=(self.step - step_log) / max(time.perf_counter() - t_log, 1e-9))
             if self.step > 0 and self._ckpt_step != self.step:
                 self.save_checkpoint()
@@ -612,10 +703,18 @@ class Trainer:
                 self._flush_loggers()
             if bar is not None:
                 self._advance_bar(bar, budget_s)
+        except SecondSignal as e:  # a second signal: the checkpoint write was abandoned, the previous one kept
+            ckpt = self.checkpoint_dir if self._ckpt_step is not None else None
+            raise TrainingInterrupted(e.signum, self.step, ckpt, self._ckpt_step, aborted=True) from None
         finally:
+            guard.__exit__(None, None, None)
             if bar is not None:
                 bar.close()
             self._close_loggers()
+        if stopped_by == "signal":
+            assert guard.signum is not None
+            ckpt = self.checkpoint_dir if self._ckpt_step is not None else None
+            raise TrainingInterrupted(guard.signum, self.step, ckpt, self._ckpt_step)
         seconds = time.perf_counter() - t0
         # the final samples (after a stop right behind the loop's sample_fn call they are there already)
         if self.step > 0 and not (stopped_by == "callback" and sampled_at == self.step):
@@ -632,7 +731,22 @@ class Trainer:
             history_path=self.history_path,
             checkpoint_path=self.checkpoint_dir if self._ckpt_step is not None else None,
             stopped_by=stopped_by,
+            precision=choice.chosen,
+            compile_seconds=compile_seconds,
         )
+
+    def _compiled(self, t_start: float) -> float:
+        """Seconds since ``t_start`` (the start of the first compiled step), recorded in RUN/metrics.json
+        ``"precision"`` (rank 0)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - t_start
+        plog.info("torch.compile: first step took %.1f s (compilation included)", seconds)
+        if self.is_main:
+            rec = self.run.read_metrics().get("precision")
+            if isinstance(rec, dict):
+                self.run.update_metrics("precision", {**rec, "compile_seconds": round(seconds, 2)})
+        return seconds
 
     # ------------------------------------------------------------------ progress and logging
 

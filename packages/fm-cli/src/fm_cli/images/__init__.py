@@ -1,7 +1,8 @@
 """What the image apps (fm-pixel, fm-latentgen) share beyond the rest of fm-cli: their run
 configuration (:mod:`.config`), training wiring (:mod:`.training`: the flow-matching loss, the
-metrics.json summary, the sample grids), sampling and scoring a run (:mod:`.sampling`) and their
-``train``, ``sample`` and ``eval`` commands (:mod:`.commands`).
+metrics.json summary, the sample grids, loss.png), sampling and scoring a run (:mod:`.sampling`),
+the guidance sweep (:mod:`.sweep`) and their ``train``, ``sample`` and ``eval`` commands
+(:mod:`.commands`).
 
 Unlike :mod:`fm_cli` itself this imports torch (through fm-core and fm-train).
 """
@@ -28,17 +29,28 @@ from .config import (
     from_recipe,
     read_run,
 )
-from .sampling import check_label_guidance, eval_line, record_eval, sample_images
-from .training import TrainSummary, column_labels, flow_loss, grid_layout, train_and_record, training_grids
+from .sampling import check_label_guidance, eval_line, record_eval, sample_images, sampler_caption
+from .sweep import GUIDANCE_FILE, GuidanceSweep, guidance_sweep, record_sweep, sweep_table
+from .training import (
+    TrainSummary,
+    column_labels,
+    flow_loss,
+    grid_layout,
+    loss_picture,
+    train_and_record,
+    training_grids,
+)
 
 __all__ = [
     "CONFIG_LAYOUT",
     "GRID_EVERY",
+    "GUIDANCE_FILE",
     "COUPLINGS",
     "SOLVERS",
     "TIMES",
     "ImageRunConfig",
     "ImageTrainConfig",
+    "GuidanceSweep",
     "TrainSummary",
     "add_eval_parser",
     "add_sample_parser",
@@ -53,10 +65,15 @@ __all__ = [
     "flow_loss",
     "from_recipe",
     "grid_layout",
+    "guidance_sweep",
+    "loss_picture",
     "read_run",
     "record_eval",
+    "record_sweep",
     "sample_command",
     "sample_images",
+    "sampler_caption",
+    "sweep_table",
     "train_and_record",
     "train_command",
     "training_grids",

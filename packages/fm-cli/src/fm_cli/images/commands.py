@@ -11,6 +11,7 @@ failures are one line ``PROG COMMAND: error: ...`` (exit 1).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from ..argtypes import (
     batch_int,
     count_int,
     finite_float,
+    float_list,
     nonempty_path,
     nonneg_int,
     positive_float,
@@ -32,11 +34,13 @@ from ..argtypes import (
     unit_float,
     value_type,
 )
+from ..pictures import save_grid
 from ..progress import progress_enabled
 from ..samples import describe_labels, sample_summary, write_samples
 from ..train import RunChoice, choose_run_dir, nothing_left, resume_budget, resume_conflicts, run_training
 from .config import COUPLINGS, SOLVERS, TIMES, ImageRunConfig, field_path
-from .sampling import check_label_guidance, eval_line, record_eval
+from .sampling import check_label_guidance, eval_line, record_eval, sampler_caption
+from .sweep import guidance_sweep, record_sweep, sweep_table
 from .training import column_labels
 
 __all__ = [
@@ -70,8 +74,8 @@ def add_train_parser(
     out_default: str,
 ) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
     """The ``train`` sub-command with the flags both image apps mean the same way: --classes
-    (``config.parse_classes``), --conditional, --steps/--minutes, --batch-size, --lr, --seed, --bf16,
-    --compile, --out, --resume, --device, and in the returned "advanced" group --time, --coupling,
+    (``config.parse_classes``), --conditional, --steps/--minutes, --batch-size, --lr, --seed, --precision (and the old --bf16),
+    --compile, --out, --resume, --device, --log, and in the returned "advanced" group --time, --coupling,
     --label-dropout, --schedule, --warmup-steps, --ema-decay, --solver/--nfe/--guidance (the run's
     default sampler), --sample-every, --threads, --quiet. Left out, a flag takes the ``recipe``'s
     value (``defaults``, shown in the help). The app adds its data and network flags."""
@@ -88,11 +92,12 @@ def add_train_parser(
     t.add_argument("--batch-size", type=batch_int, default=None, help=d("batch_size", "global batch "))
     t.add_argument("--lr", type=positive_float, default=None, help=d("lr", "peak learning rate, AdamW "))
     flags.add_seed(t, None, default_text="0")
-    flags.add_bf16(t)
+    flags.add_precision(t)
     flags.add_compile(t)
     flags.add_out(t, default_text=out_default)
     flags.add_resume(t)
     flags.add_device(t)
+    flags.add_log(t)
     adv = t.add_argument_group(f"advanced (default: the {recipe} recipe's)")
     adv.add_argument("--time", choices=TIMES, default=None, help=d("time", "training-time distribution "))
     adv.add_argument("--coupling", choices=COUPLINGS, default=None,
@@ -142,10 +147,13 @@ def add_sample_parser(sub: Any, help: str, what: str = "the images") -> argparse
 
 
 def add_eval_parser(sub: Any, help: str) -> argparse.ArgumentParser:
-    """The ``eval`` sub-command: --run, --n (1000), the sampler flags, --seed, --data-dir, --device,
-    --threads, --quiet."""
+    """The ``eval`` sub-command: --run, --n (1000), the sampler flags, --guidance-sweep, --seed,
+    --data-dir, --device, --threads, --quiet."""
     e = sub.add_parser("eval", help=help, description=help)
     _common(e, 1000, "samples")
+    e.add_argument("--guidance-sweep", type=float_list, default=None, metavar="G1,G2,...",
+                   help="score --n samples at each guidance scale, e.g. 1,1.25,1.5,2,3, into RUN/guidance.png and "
+                        "metrics.json (a conditional run with label dropout; default: no sweep)")  # fmt: skip
     flags.add_seed(e, 0)
     flags.add_data_dir(e)
     flags.add_device(e)
@@ -188,7 +196,7 @@ def sample_command(
     flags.set_threads(args.threads)
     n_grid = min(args.n, GRID_IMAGES)
     try:
-        draw, _ = load(args, cfg)
+        draw, _ = _load(load, args, cfg)
         res = draw(args.n, solver=solver, nfe=nfe, guidance=args.guidance, label=args.label, seed=args.seed,
                    batch_size=args.batch_size, trajectory=n_grid if args.gif else 0,
                    progress=progress_enabled(args.quiet))  # fmt: skip
@@ -201,8 +209,11 @@ def sample_command(
         ncol = columns or math.ceil(math.sqrt(n_grid))
         lab = None if res.labels is None else res.labels[:n_grid]
         grid_labels = column_labels(lab, ncol, cfg.names)
-    written = write_samples(args.out, res.x, res.labels, grid=args.grid, gif=args.gif, gif_frames=res.trajectory,
+    written = write_samples(args.out, res.x, res.labels, gif=args.gif, gif_frames=res.trajectory,
                             ncol=columns, n_grid=n_grid, grid_labels=grid_labels)  # fmt: skip
+    if args.grid is not None:  # the grid with its caption (the sampler), after the .npz as before
+        caption = sampler_caption(res)
+        written.insert(1, save_grid(res.x[:n_grid], args.grid, columns, labels=grid_labels, caption=caption))
     print(sample_summary(args.n, describe_labels(res.labels), res.method, res.nfe, res.guidance, res.seconds, written))
     return 0
 
@@ -217,22 +228,88 @@ def eval_command(
     errors: tuple[type[BaseException], ...] = (ValueError,),
 ) -> int:
     """``PROG eval``: sample ``--n`` images (balanced labels) and score them with fm-eval (FID against
-    the test split of the trained classes, label accuracy, coverage) into RUN/metrics.json "eval"."""
+    the test split of the trained classes, precision / recall / density / coverage against a random
+    test subset of ``--n`` images, label accuracy, class coverage) into RUN/metrics.json "eval".
+    With ``--guidance-sweep`` the same at each guidance (:mod:`fm_cli.images.sweep`)."""
     flags.check_data_dir(parser, args.data_dir)
+    sweep = getattr(args, "guidance_sweep", None)
+    if sweep is not None and args.guidance is not None:
+        parser.error(f"--guidance {args.guidance:g} and --guidance-sweep: give one of them")
     cfg, solver, nfe = _read_run(parser, args, read)
+    if sweep is not None:
+        _check_sweep(parser, cfg, sweep)
     flags.set_threads(args.threads)
 
     caught: tuple[type[BaseException], ...] = (FileNotFoundError, *errors)
+    if sweep is not None:
+        return _sweep_command(prog, args, cfg, sweep, solver, nfe, load=load, errors=caught)
     try:
-        draw, device = load(args, cfg)
+        draw, device = _load(load, args, cfg)
         res = draw(args.n, solver=solver, nfe=nfe, guidance=args.guidance, seed=args.seed,
                    progress=progress_enabled(args.quiet))  # fmt: skip
         scores = image_scores(res.x, cfg.dataset, labels=res.labels, classes=cfg.classes, data_dir=args.data_dir,
-                              device=device)  # fmt: skip
+                              device=device, manifold=True)  # fmt: skip
     except caught as e:
         return error(prog, "eval", one_line(e))
     path = record_eval(args.run, res, scores, n=args.n, seed=args.seed)
     print(eval_line(res, scores, path))
+    return 0
+
+
+def _load(load: Load, args: argparse.Namespace, cfg: Any) -> tuple[Callable[..., Any], Any]:
+    """``load(args, cfg)``, its draw sampling in the run's precision on that device
+    (fm_train.precision.sampling_precision: fp32 unless the run trained in bf16 on this kind of device)."""
+    from fm_train.precision import sampling_precision
+
+    draw, device = load(args, cfg)
+    return functools.partial(draw, precision=sampling_precision(args.run, device)), device
+
+
+def _check_sweep(parser: argparse.ArgumentParser, cfg: Any, guidances: Sequence[float]) -> None:
+    """Usage errors for ``--guidance-sweep``: fm_cli.flags.guidance_problem for each value (guidance
+    other than 1 needs a conditional run trained with label dropout), no value twice."""
+    text = ",".join(f"{g:g}" for g in guidances)
+    for g in guidances:
+        problem = flags.guidance_problem(g, conditional=cfg.conditional, label_dropout=cfg.label_dropout, flags=False)
+        if problem:
+            parser.error(f"--guidance-sweep {text}: {problem}")
+    if len(set(guidances)) != len(guidances):
+        parser.error(f"--guidance-sweep {text}: a guidance appears twice")
+
+
+def _sweep_command(
+    prog: str,
+    args: argparse.Namespace,
+    cfg: Any,
+    guidances: Sequence[float],
+    solver: str,
+    nfe: int | None,
+    *,
+    load: Load,
+    errors: tuple[type[BaseException], ...],
+) -> int:
+    """``PROG eval --guidance-sweep``: the sweep, RUN/metrics.json "guidance_sweep", RUN/guidance.png, a table."""
+
+    def report(row: dict[str, Any]) -> None:
+        if not args.quiet:
+            print(f"guidance {row['guidance']:g}: FID {row['fid']:.3f}, precision {row['precision']:.3f}, "
+                  f"recall {row['recall']:.3f} ({row['seconds']:.1f} s)", flush=True)  # fmt: skip
+
+    try:
+        draw, device = _load(load, args, cfg)
+        sweep = guidance_sweep(draw, cfg, guidances, n=args.n, solver=solver, nfe=nfe, seed=args.seed,
+                               data_dir=args.data_dir, device=device, progress=progress_enabled(args.quiet),
+                               report=report)  # fmt: skip
+    except errors as e:
+        return error(prog, "eval", one_line(e))
+    metrics, chart = record_sweep(args.run, sweep, dataset=cfg.dataset)
+    print(sweep_table(sweep.rows, sweep.best_guidance))
+    print(
+        f"best FID at guidance {sweep.best_guidance:g} (* above); {sweep.n} samples per guidance ({sweep.solver}, "
+        f"NFE {sweep.nfe}, seed {sweep.seed}); FID vs {sweep.fid_reference}; precision/recall vs "
+        f"{sweep.manifold_reference}; {len(sweep.rows)} guidances in {sweep.seconds:.1f} s -> {metrics}"
+        + (f", {chart}" if chart else " (no guidance.png: matplotlib is not installed)")
+    )
     return 0
 
 
@@ -261,11 +338,22 @@ def train_command(
       cannot change), else ``from_args()``;
     - the budget (``--steps``/``--minutes``, the stored one, or ``default_steps``); a resumed run with
       nothing left to do prints one line and exits 0 (metrics.json untouched);
-    - the config's ``train`` with the budget, ``--device``, ``--quiet`` and ``settings`` (e.g. bf16);
+    - the config's ``train`` with the budget, ``--device``, ``--quiet``, ``--precision`` (or the old
+      ``--bf16``; when given) and ``settings`` (e.g. compile);
     - ``train(config, run)`` through :func:`fm_cli.train.run_training`, which prints
-      ``report(summary, run_dir)`` (default: fm_cli.train.trained_line).
+      ``report(summary, run_dir)`` (default: fm_cli.train.trained_line); fm-train's precision
+      decision and compile time are printed as ``PROG: precision ...`` lines while it trains.
     """
-    run = choose_run_dir(parser, args.out, resume=args.resume, prefix=prefix, read_config=lambda out: read(out)[1])
+    precision = flags.precision_given(parser, args, prog)
+    flags.check_log(parser, getattr(args, "log", None))
+    run = choose_run_dir(
+        parser,
+        args.out,
+        resume=args.resume,
+        prefix=prefix,
+        read_config=lambda out: read(out)[1],
+        require_checkpoint=True,
+    )
     if run.stored is not None:
         cfg, _ = read(run.out)
         resume_conflicts(parser, args, cfg, {f: field_path(f) for f in fields}, fixed=fixed)
@@ -280,16 +368,22 @@ def train_command(
             print(done)
         return 0
     try:
+        given = {"precision": precision} if precision is not None else {}
         tcfg = cfg.train.replace(
-            steps=steps, minutes=minutes, device=args.device, progress=not args.quiet, **(settings or {})
+            steps=steps, minutes=minutes, device=args.device, progress=not args.quiet, **given, **(settings or {})
         )
         cfg = cfg.replace(train=tcfg)
     except ValueError as e:
         parser.error(str(e))
+
+    def noted_train() -> Any:
+        with flags.precision_notes(prog):
+            return train(cfg, run)
+
     return run_training(
         prog,
         parser,
-        lambda: train(cfg, run),
+        noted_train,
         out=run.out,
         out_given=args.out is not None,
         batch_size=cfg.train.batch_size,

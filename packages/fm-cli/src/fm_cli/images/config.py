@@ -17,7 +17,9 @@ Time convention: t = 0 is N(0, I) noise, t = 1 is data.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import functools
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -34,6 +36,7 @@ __all__ = [
     "ImageRunConfig",
     "ImageTrainConfig",
     "build_config",
+    "check_network",
     "config_section",
     "field_path",
     "from_recipe",
@@ -142,6 +145,46 @@ class ImageRunConfig(StrictConfig):
             raise self._invalid(
                 "guidance", "1 when label_dropout is 0 (guidance needs a model trained with the null label)"
             )
+
+
+#: The most parameters (estimated from the widths and depths) a network of an image run may have: the
+#: command line's bounds, applied to config.json too (1e8 float32 weights and AdamW's moments: ~1.6 GB).
+MAX_NET_PARAMS = 100_000_000
+
+
+@functools.lru_cache(maxsize=64)
+def _net_problem(build: Callable[..., Any], name: str, config_json: str) -> str | None:
+    try:
+        build(name, **json.loads(config_json))
+    except (ValueError, TypeError, KeyError, AssertionError, ZeroDivisionError) as e:
+        return f"{type(e).__name__}: {' '.join(str(e).split())}"
+    return None
+
+
+def check_network(
+    cfg: StrictConfig,
+    name: str,
+    net_config: dict[str, Any],
+    estimate: Callable[[], float],
+    build: Callable[..., Any],
+) -> None:
+    """Refuse (``cfg``'s one-line ValueError on ``net_config``), before any data loads, a network larger
+    than :data:`MAX_NET_PARAMS` (``estimate()``, an upper bound from the settings) or one that
+    ``build(name, **net_config)`` (the app's ``fm_nets.build_net``; fm-cli does not import fm-nets)
+    refuses to build (built once per process and setting on the CPU: tenths of a second)."""
+    try:
+        n = estimate()
+    except (TypeError, ValueError, KeyError, OverflowError):
+        raise cfg._invalid("net_config", f"keyword arguments of the {name} network") from None
+    if n > MAX_NET_PARAMS:
+        raise cfg._invalid("net_config", f"a network of at most about {MAX_NET_PARAMS:.0e} parameters (~{n:.1e})")
+    try:
+        key = json.dumps(net_config, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        raise cfg._invalid("net_config", "JSON values") from None
+    problem = _net_problem(build, name, key)
+    if problem is not None:
+        raise cfg._invalid("net_config", f"settings the {name} network accepts ({problem})")
 
 
 def build_config(cls: type[C], fields: dict[str, Any]) -> C:

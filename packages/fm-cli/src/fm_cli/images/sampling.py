@@ -5,10 +5,16 @@ Noise (t = 0) -> images (t = 1): all noise is drawn up front from one generator 
 ``seed`` (then labels, balanced over the trained classes, need no draw), so the images do not
 depend on ``batch_size`` or the device. ``decode`` turns the solver's final states into uint8
 images [N, 28, 28] (a crop of padded pixels, or a VAE's decoder first).
+
+Precision: ``precision="bf16"`` runs the velocity calls (and ``decode``) under bf16 autocast, the
+solver state stays float32; ``None`` leaves whatever autocast the caller runs under (fm-train's
+Trainer calls its ``sample_fn`` under the run's precision); adaptive solvers (dopri5) always run
+in float32, since bf16 rounding of the velocity would make their error control shrink the steps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,11 +25,12 @@ from torch import Tensor, nn
 
 from fm_core import ADAPTIVE_METHODS, SampleResult, fit_nfe, sample
 from fm_train import RunDir, machine_info
+from fm_train.precision import precision_autocast
 
 from ..flags import guidance_problem
 from .config import ImageRunConfig
 
-__all__ = ["check_label_guidance", "eval_line", "record_eval", "sample_images"]
+__all__ = ["check_label_guidance", "eval_line", "record_eval", "sample_images", "sampler_caption"]
 
 
 def check_label_guidance(
@@ -60,6 +67,7 @@ def sample_images(
     trajectory: int = 0,
     device: torch.device | str | None = None,
     progress: bool = False,
+    precision: str | None = None,
 ) -> SampleResult:
     """Draw ``n`` images from ``model`` (its EMA weights, on ``device``) with :func:`fm_core.sample`.
 
@@ -67,6 +75,7 @@ def sample_images(
     the run's (``cfg``; nfe None with an adaptive solver such as dopri5); ``label`` gives every
     image that class, otherwise a conditional run's labels are balanced over its trained classes.
     ``trajectory`` > 0 also keeps the first that many images at every solver time (decoded).
+    ``precision``: "fp32", "bf16" or None (the caller's autocast); see the module docstring.
     Returns fm-core's SampleResult with ``x`` the decoded images. ValueError for what the run
     cannot do (:func:`check_label_guidance`) or a bad solver/NFE.
     """
@@ -76,23 +85,31 @@ def sample_images(
     guidance = cfg.guidance if guidance is None else float(guidance)
     check_label_guidance(cfg, label, guidance)
     labels = torch.full((n,), label, dtype=torch.long) if label is not None else None
-    return sample(
-        model,
-        n,
-        shape,
-        seed=seed,
-        labels=labels,
-        num_classes=cfg.num_classes,
-        classes=cfg.sample_classes if cfg.conditional and labels is None else None,
-        method=solver,
-        nfe=nfe,
-        guidance=guidance,
-        batch_size=batch_size,
-        decode=decode,
-        trajectory=trajectory,
-        device=device,
-        progress=progress,
-    )
+    dev = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
+    amp: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if solver in ADAPTIVE_METHODS:
+        if dev.type in ("cpu", "cuda", "mps"):
+            amp = torch.autocast(dev.type, enabled=False)
+    elif precision is not None:
+        amp = precision_autocast(dev, precision)
+    with amp:
+        return sample(
+            model,
+            n,
+            shape,
+            seed=seed,
+            labels=labels,
+            num_classes=cfg.num_classes,
+            classes=cfg.sample_classes if cfg.conditional and labels is None else None,
+            method=solver,
+            nfe=nfe,
+            guidance=guidance,
+            batch_size=batch_size,
+            decode=decode,
+            trajectory=trajectory,
+            device=device,
+            progress=progress,
+        )
 
 
 def record_eval(run_dir: str | Path, res: SampleResult, scores: dict[str, Any], *, n: int, seed: int) -> Path:
@@ -106,12 +123,26 @@ def record_eval(run_dir: str | Path, res: SampleResult, scores: dict[str, Any], 
     return RunDir(run_dir).append_metrics("eval", record)
 
 
+def sampler_caption(res: SampleResult, prefix: str = "") -> str:
+    """How images were drawn, for a grid's caption: ``[PREFIX: ]guidance 2, NFE 10 (euler)``."""
+    g = "" if res.guidance is None else f"guidance {res.guidance:g}, "
+    return f"{prefix + ': ' if prefix else ''}{g}NFE {res.nfe} ({res.method})"
+
+
 def eval_line(res: SampleResult, scores: dict[str, Any], path: str | Path) -> str:
-    """The line the eval commands print: FID with its counts, label accuracy, coverage, the sampler."""
+    """The line the eval commands print: FID with its counts, precision / recall / density / coverage
+    with theirs (when scored), label accuracy, class coverage, the sampler."""
     acc = f", label accuracy {scores['label_accuracy']:.3f}" if "label_accuracy" in scores else ""
     cov = scores["coverage"]
+    m = scores.get("manifold")
+    pr = (
+        f"; precision {m['precision']:.3f}, recall {m['recall']:.3f}, density {m['density']:.3f}, coverage "
+        f"{m['coverage']:.3f} (k={m['k']}, {m['n_samples']} samples vs {m['reference']})"
+        if m
+        else ""
+    )
     return (
         f"FID {scores['fid']:.2f} ({scores['fid_n_samples']} samples vs {scores['fid_n_reference']} "
-        f"{scores['fid_reference']}){acc}, classes present {cov['classes_present']}, "
+        f"{scores['fid_reference']}){pr}{acc}, classes present {cov['classes_present']}, "
         f"min coverage ratio {cov['min_ratio']:.2f} ({res.method}, NFE {res.nfe}, guidance {res.guidance:g}) -> {path}"
     )

@@ -20,14 +20,16 @@ from torch import Tensor, nn
 from fm_core import ExactOTCoupling, FlowMatchingLoss, IndependentCoupling, SampleResult, get_time_sampler
 from fm_train import StepContext, Trainer, TrainResult, machine_info
 
-from ..pictures import save_grid
+from ..pictures import plot_loss, save_grid
 from .config import ImageRunConfig
+from .sampling import sampler_caption
 
 __all__ = [
     "TrainSummary",
     "column_labels",
     "flow_loss",
     "grid_layout",
+    "loss_picture",
     "train_and_record",
     "training_grids",
 ]
@@ -57,7 +59,8 @@ def flow_loss(cfg: ImageRunConfig) -> Callable[[nn.Module, tuple[Tensor, Tensor 
 
 @dataclass
 class TrainSummary:
-    """What a training call did: fm-train's result plus throughput."""
+    """What a training call did: fm-train's result plus throughput (in metrics.json also the precision
+    trained in and, with --compile, ``compile_seconds``: the first step's time, inside ``seconds``)."""
 
     result: TrainResult
     images_per_s: float
@@ -69,13 +72,15 @@ class TrainSummary:
         return {
             "steps": r.steps, "steps_this_call": r.steps_this_call, "seconds": round(r.seconds, 2),
             "final_loss": r.final_loss, "stopped_by": r.stopped_by, "images_per_s": round(self.images_per_s, 2),
-            "num_params": self.num_params, "device": self.device,
+            "num_params": self.num_params, "device": self.device, "precision": r.precision,
+            "compile_seconds": None if r.compile_seconds is None else round(r.compile_seconds, 2),
         }  # fmt: skip
 
 
 def train_and_record(trainer: Trainer, *, resume: bool = False, section: str = "train") -> TrainSummary:
     """``trainer.train(resume=resume)``, then (rank 0) the summary under ``section`` in RUN/metrics.json
-    with the machine's load at the start and the end, the time and the number of processes."""
+    with the machine's load at the start and the end, the time and the number of processes, and
+    RUN/loss.png (:func:`loss_picture`)."""
     load_before = machine_info()["loadavg_1min"]
     result = trainer.train(resume=resume)
     summary = TrainSummary(
@@ -92,7 +97,24 @@ def train_and_record(trainer: Trainer, *, resume: bool = False, section: str = "
             "processes": trainer.world_size,
         }
         trainer.run.update_metrics(section, record)
+        loss_picture(trainer.run.path, ylabel="loss (MSE of the velocity)" if section == "train" else f"{section} loss")
     return summary
+
+
+def loss_picture(run_dir: str | Path, title: str = "", ylabel: str = "loss (MSE of the velocity)") -> Path | None:
+    """RUN/loss.png (:func:`fm_cli.pictures.plot_loss`) from RUN/loss.csv; None when loss.csv has no
+    row yet or matplotlib is not installed (the picture is a convenience, never a failed run)."""
+    from fm_train import RunDir
+
+    run = RunDir(run_dir)
+    history = run.read_history(("step", "loss", "lr"))
+    if not history["step"]:
+        return None
+    try:
+        title = title or f"training loss: {run.path.name}"
+        return plot_loss(run.path / "loss.png", history, title=title, ylabel=ylabel)
+    except ImportError:
+        return None
 
 
 def grid_layout(cfg: ImageRunConfig) -> tuple[int, int]:
@@ -122,7 +144,8 @@ def training_grids(
 ) -> Callable[[nn.Module, int, Path], None]:
     """fm-train's ``sample_fn(ema_model, step, run_dir)``: draws :func:`grid_layout`'s images with
     ``draw(model, n, seed)`` (uint8 [n, H, W] in ``.x``) and writes RUN/samples/step_NNNNNN.png and
-    RUN/samples.png, the class names (``cfg.names``) above the columns of a conditional grid."""
+    RUN/samples.png, the class names (``cfg.names``) above the columns of a conditional grid and the
+    step and sampler (guidance, NFE, solver) in a caption below it."""
     n, ncol = grid_layout(cfg)
     names = cfg.names
 
@@ -134,7 +157,8 @@ def training_grids(
         finally:
             model.train(was_training)
         labels = column_labels(res.labels, ncol, names)
-        save_grid(res.x, Path(run_dir) / "samples" / f"step_{step:06d}.png", ncol, labels=labels)
-        save_grid(res.x, Path(run_dir) / "samples.png", ncol, labels=labels)
+        caption = sampler_caption(res, f"step {step}")
+        save_grid(res.x, Path(run_dir) / "samples" / f"step_{step:06d}.png", ncol, labels=labels, caption=caption)
+        save_grid(res.x, Path(run_dir) / "samples.png", ncol, labels=labels, caption=caption)
 
     return sample_fn
