@@ -68,6 +68,30 @@ def shard_slice(batch_size: int, shard: tuple[int, int] | None) -> slice:
     return slice(rank * n, (rank + 1) * n)
 
 
+def _training_parts(
+    path: AffinePath | None, time_sampler: TimeSampler | None, coupling: Coupling | None
+) -> tuple[AffinePath, TimeSampler, Coupling]:
+    """The defaults of the training losses: CondOT path, uniform time, independent coupling."""
+    return (
+        CondOTPath() if path is None else path,
+        UniformTime() if time_sampler is None else time_sampler,
+        IndependentCoupling() if coupling is None else coupling,
+    )
+
+
+def _check_labels_setup(label_dropout: float, num_classes: int | None) -> None:
+    """The label arguments of the training losses: dropout in [0, 1], a positive class count, and a
+    class count whenever labels are dropped (the null label is num_classes)."""
+    if not 0.0 <= float(label_dropout) <= 1.0:
+        raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout!r}")
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
+        raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
+    if label_dropout > 0 and num_classes is None:
+        raise ValueError(f"label_dropout={label_dropout} needs num_classes (the null label is num_classes)")
+
+
 class FlowMatchingLoss:
     """``loss_fn(model, x1, y=None, *, x0=None, t=None, generator=None) -> scalar tensor``.
 
@@ -111,17 +135,8 @@ class FlowMatchingLoss:
         num_classes: int | None = None,
         target: str = "conditional",
     ) -> None:
-        self.path = CondOTPath() if path is None else path
-        self.time_sampler = UniformTime() if time_sampler is None else time_sampler
-        self.coupling = IndependentCoupling() if coupling is None else coupling
-        if not 0.0 <= float(label_dropout) <= 1.0:
-            raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout!r}")
-        if num_classes is not None and (
-            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
-        ):
-            raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
-        if label_dropout > 0 and num_classes is None:
-            raise ValueError(f"label_dropout={label_dropout} needs num_classes (the null label is num_classes)")
+        self.path, self.time_sampler, self.coupling = _training_parts(path, time_sampler, coupling)
+        _check_labels_setup(label_dropout, num_classes)
         self.label_dropout = float(label_dropout)
         self.num_classes = num_classes
         if target not in TARGETS:

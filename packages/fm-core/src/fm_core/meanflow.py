@@ -45,12 +45,12 @@ import torch
 from torch import Tensor, nn
 
 from ._internal import _as_time_batch, _expand
-from .coupling import Coupling, IndependentCoupling
+from .coupling import Coupling
 from .guidance import CFGVelocity
-from .loss import _draw, shard_slice
-from .paths import AffinePath, CondOTPath
+from .loss import _check_labels_setup, _draw, _training_parts, shard_slice
+from .paths import AffinePath
 from .solvers import ODESolution
-from .time_samplers import TimeSampler, UniformTime
+from .time_samplers import TimeSampler
 
 __all__ = [
     "AverageVelocityField",
@@ -180,17 +180,8 @@ class MeanFlowLoss:
         adaptive_c: float = 1e-3,
         guidance: float | None = None,
     ) -> None:
-        self.path = CondOTPath() if path is None else path
-        self.time_sampler = UniformTime() if time_sampler is None else time_sampler
-        self.coupling = IndependentCoupling() if coupling is None else coupling
-        if not 0.0 <= float(label_dropout) <= 1.0:
-            raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout!r}")
-        if num_classes is not None and (
-            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
-        ):
-            raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
-        if label_dropout > 0 and num_classes is None:
-            raise ValueError(f"label_dropout={label_dropout} needs num_classes (the null label is num_classes)")
+        self.path, self.time_sampler, self.coupling = _training_parts(path, time_sampler, coupling)
+        _check_labels_setup(label_dropout, num_classes)
         if not 0.0 <= float(equal_fraction) <= 1.0:
             raise ValueError(f"equal_fraction must be in [0, 1], got {equal_fraction!r}")
         if not (0.0 <= float(adaptive_p) <= 2.0):
