@@ -49,7 +49,8 @@ FLAGS = {
         "--dataset": set(), "--cells": INT_POS, "--grid": INT_POS, "--dim": INT_POS, "--model": set(), "--recipe": set(),
         "--coupling": set(), "--time": set(), "--target": set(), "--steps": {HUGE_INT}, "--minutes": FLOAT_UNBOUNDED | {"2.5"},
         "--batch-size": set(), "--lr": FLOAT_UNBOUNDED | {"2.5"}, "--seed": INT_NONNEG, "--out": PATH,
-        "--device": set(), "--threads": set(), "--hidden": INT_POS, "--depth": INT_NONNEG,
+        "--device": set(), "--threads": set(), "--hidden": INT_POS, "--depth": INT_NONNEG, "--log": set(),
+        "--precision": set(),
     },
     "sample": {
         "--run": set(), "--n": INT_POS, "--solver": set(), "--nfe": INT_POS, "--guidance": set(), "--label": INT_NONNEG,

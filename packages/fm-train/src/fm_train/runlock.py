@@ -31,7 +31,7 @@ __all__ = ["LOCK_FILENAME", "RunLock", "RunLockedError", "lock_run"]
 LOCK_FILENAME = ".lock"
 
 #: run directory (real path) -> [file descriptor, holders] of the locks this process holds
-_HELD: dict[str, list[int]] = {}
+_HELD: dict[str, list[int]] = {}  # realpath -> [fd, holds, 1 if lock_run created the directory]
 
 
 class RunLockedError(ValueError):
@@ -61,6 +61,11 @@ class RunLock:
             except OSError:
                 pass
             os.close(entry[0])  # closing the descriptor drops the flock
+            if entry[2]:  # a directory made only to hold the lock (a usage error came next): leave nothing
+                try:
+                    Path(self._key).rmdir()  # only when empty
+                except OSError:
+                    pass
 
     def __enter__(self) -> RunLock:
         return self
@@ -76,6 +81,7 @@ def lock_run(run_dir: str | os.PathLike) -> RunLock:
     :class:`RunLockedError` naming the run and the holder's pid; ``OSError`` if the directory cannot
     be created or the lock file not opened. The pid of the holder is written into ``RUN/.lock``."""
     run = Path(run_dir)
+    created = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
     key = os.path.realpath(run)
     lock_path = run / LOCK_FILENAME
@@ -109,5 +115,5 @@ def lock_run(run_dir: str | os.PathLike) -> RunLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     except OSError:
         pass  # the pid is only for the message
-    _HELD[key] = [fd, 1]
+    _HELD[key] = [fd, 1, int(created)]
     return RunLock(key, lock_path)
