@@ -92,6 +92,28 @@ def _check_labels_setup(label_dropout: float, num_classes: int | None) -> None:
         raise ValueError(f"label_dropout={label_dropout} needs num_classes (the null label is num_classes)")
 
 
+def _check_batch_labels(y: Tensor | None, b: int, num_classes: int | None) -> None:
+    """The labels of a training batch of B rows: None, or integer [B] in [0, num_classes) (checked on the
+    device without a sync, see device_check)."""
+    if y is None:
+        return
+    if not torch.is_tensor(y) or y.shape != (b,):
+        shape = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
+        raise ValueError(f"y must be an integer tensor of shape [B] = [{b}], got {shape}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+    if num_classes is not None and b > 0:
+        n = num_classes
+        device_check(
+            (y >= 0) & (y < n),
+            f"labels must lie in [0, num_classes) = [0, {n})",
+            lambda: ValueError(
+                f"labels must lie in [0, num_classes) = [0, {n}), got values in "
+                f"[{int(y.min())}, {int(y.max())}] (the null label {n} is added by label dropout only)"
+            ),
+        )
+
+
 class FlowMatchingLoss:
     """``loss_fn(model, x1, y=None, *, x0=None, t=None, generator=None) -> scalar tensor``.
 
@@ -155,25 +177,6 @@ class FlowMatchingLoss:
             f"num_classes={self.num_classes}, target={self.target!r})"
         )
 
-    def _check_labels(self, y: Tensor | None, b: int) -> None:
-        if y is None:
-            return
-        if not torch.is_tensor(y) or y.shape != (b,):
-            shape = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
-            raise ValueError(f"y must be an integer tensor of shape [B] = [{b}], got {shape}")
-        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
-        if self.num_classes is not None and b > 0:
-            n = self.num_classes
-            device_check(
-                (y >= 0) & (y < n),
-                f"labels must lie in [0, num_classes) = [0, {n})",
-                lambda: ValueError(
-                    f"labels must lie in [0, num_classes) = [0, {n}), got values in "
-                    f"[{int(y.min())}, {int(y.max())}] (the null label {n} is added by label dropout only)"
-                ),
-            )
-
     def __call__(
         self,
         model: VelocityField,
@@ -189,7 +192,7 @@ class FlowMatchingLoss:
             raise ValueError("x1 must be a non-empty data batch [B, ...]")
         b = x1.shape[0]
         rows = shard_slice(b, shard)
-        self._check_labels(y, b)
+        _check_batch_labels(y, b, self.num_classes)
         if x0 is None:
             x0 = _draw("randn", x1.shape, x1, generator)
         elif x0.shape != x1.shape:

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from ._internal import _as_time_batch, _expand
 from .coupling import Coupling
 from .guidance import CFGVelocity
-from .loss import _check_labels_setup, _draw, _training_parts, shard_slice
+from .loss import _check_batch_labels, _check_labels_setup, _draw, _training_parts, shard_slice
 from .paths import AffinePath
 from .solvers import ODESolution
 from .time_samplers import TimeSampler
@@ -225,11 +225,7 @@ class MeanFlowLoss:
             raise ValueError("x1 must be a non-empty floating-point data batch [B, ...]")
         b = x1.shape[0]
         rows = shard_slice(b, shard)
-        if y is not None:
-            if not torch.is_tensor(y) or y.shape != (b,) or y.is_floating_point() or y.dtype == torch.bool:
-                raise ValueError(f"y must be an integer label tensor of shape [B] = [{b}]")
-            if self.num_classes is not None and bool(((y < 0) | (y >= self.num_classes)).any()):
-                raise ValueError(f"labels must lie in [0, num_classes) = [0, {self.num_classes})")
+        _check_batch_labels(y, b, self.num_classes)
         if x0 is None:
             x0 = _draw("randn", x1.shape, x1, generator)
         elif x0.shape != x1.shape:
