@@ -1,6 +1,6 @@
 """Metrics for flow matching: 2D distances, checkerboard and ring quality, classifier-feature FID,
 precision / recall / density / coverage (k-NN manifolds, images and 2D points), image and
-reconstruction score reports, and the statistics of steps-to-target studies."""
+reconstruction score reports, the straightness of a flow, and the statistics of steps-to-target studies."""
 
 # image metrics: shipped classifiers, FID, label accuracy, coverage (fm_eval.classifier, fm_eval.fid)
 from .classifier import CoverageResult, SmallCNN, classify, coverage, label_accuracy, load_classifier
@@ -27,6 +27,9 @@ from .stats import (
     ols,
     steps_to_target,
 )
+
+# straightness of a flow along sampled trajectories, for reflow (fm_eval.straightness)
+from .straightness import Straightness, straightness
 
 __version__ = "0.2.0"
 
@@ -59,6 +62,9 @@ __all__ = [
     "image_scores",
     "manifold_image_scores",
     "reconstruction_scores",
+    # straightness
+    "Straightness",
+    "straightness",
     # study statistics
     "steps_to_target",
     "Outcome",

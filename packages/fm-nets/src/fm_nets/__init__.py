@@ -1,4 +1,5 @@
-"""Velocity networks for flow matching: ``model(x, t, y=None) -> v``.
+"""Velocity networks for flow matching: ``model(x, t, y=None) -> v``; with ``two_time=True``
+average-velocity networks ``model(x, r, t, y=None) -> u`` (see :mod:`fm_nets.two_time`).
 
 t is a float tensor [B] in [0, 1] (t = 0 noise, t = 1 data); y holds integer labels [B] or is None,
 and the label ``num_classes`` is the null class used by classifier-free guidance.
@@ -11,6 +12,7 @@ from torch import nn
 from .embeddings import LabelEmbedding, TimeEmbedding, sinusoidal_embedding
 from .hub import HubMixin, HubUnreachableError
 from .mlp import MLPVelocity
+from .two_time import interval_embedding_params, load_one_time_weights
 from .unet import UNet
 
 __version__ = "0.2.0"
@@ -27,6 +29,8 @@ __all__ = [
     "DIT_CONFIGS",
     "build_net",
     "NETS",
+    "load_one_time_weights",
+    "interval_embedding_params",
 ]
 
 NETS = ("mlp", "unet", "dit")
@@ -41,14 +45,19 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_net(name: str, **config) -> nn.Module:
-    """Build a registered network from its name and its ``.config`` dict (as saved in config.json)."""
+def _net_class(name: str) -> type[nn.Module]:
+    """The class of registered network ``name`` ("mlp", "unet", "dit")."""
     if name == "mlp":
-        return MLPVelocity(**config)
+        return MLPVelocity
     if name == "unet":
-        return UNet(**config)
+        return UNet
     if name == "dit":
         from .dit import DiT
 
-        return DiT(**config)
+        return DiT
     raise ValueError(f"unknown network {name!r}; choose one of {', '.join(NETS)}")
+
+
+def build_net(name: str, **config) -> nn.Module:
+    """Build a registered network from its name and its ``.config`` dict (as saved in config.json)."""
+    return _net_class(name)(**config)

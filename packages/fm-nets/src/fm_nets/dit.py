@@ -4,6 +4,8 @@ x [B, C, H, W], t float [B] in [0, 1] (t = 0 noise, t = 1 data; a float or 0-d t
 broadcast), y int64 [B] or None. With ``num_classes`` set, label ``num_classes`` is the null class
 (classifier-free guidance) and ``y=None`` means null. Output: same shape as x (flow matching
 predicts one velocity per input channel, so there is no ``learn_sigma`` doubling of channels).
+With ``two_time=True``: ``u = DiT(..., two_time=True)(x, r, t, y)``, the average velocity from r to t
+(fm_nets.two_time).
 
 Layout (Peebles & Xie 2023, "Scalable Diffusion Models with Transformers", the adaLN-Zero variant)::
 
@@ -38,8 +40,9 @@ from einops import rearrange
 from timm.layers import Attention, Mlp, PatchEmbed
 from torch import Tensor, nn
 
-from .embeddings import LabelEmbedding, TimeEmbedding, as_time_batch
+from .embeddings import LabelEmbedding, TimeEmbedding
 from .hub import HubMixin
+from .two_time import attention_with_forward_ad, bind_times, embed_times, zero_last_layer
 
 __all__ = ["DiT", "DiTBlock", "DIT_CONFIGS", "sincos_pos_embed_2d"]
 
@@ -98,7 +101,8 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_a.unsqueeze(1) * self.attn(_modulate(self.norm1(x), shift_a, scale_a))
+        attended = attention_with_forward_ad(self.attn, _modulate(self.norm1(x), shift_a, scale_a))
+        x = x + gate_a.unsqueeze(1) * attended
         return x + gate_m.unsqueeze(1) * self.mlp(_modulate(self.norm2(x), shift_m, scale_m))
 
 
@@ -114,6 +118,14 @@ class FinalLayer(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
         return self.linear(_modulate(self.norm(x), shift, scale))
+
+
+def _xavier_linear(m: nn.Module) -> None:
+    """Xavier-uniform weight and zero bias for an nn.Linear (``module.apply`` hook); other modules untouched."""
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
 
 
 def _size2(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -145,6 +157,9 @@ class DiT(nn.Module, HubMixin):
         mlp_ratio: MLP hidden width / D.
         num_classes: classes for conditioning (label num_classes = null); None = unconditional.
         time_freq_dim: sinusoidal features of 1000 t fed to the time MLP (fm_nets.TimeEmbedding).
+        two_time: False = velocity field ``forward(x, t, y=None) -> v``; True = average-velocity
+            field ``forward(x, r, t, y=None) -> u`` (fm_nets.two_time): c = TimeEmbedding(r) +
+            ``interval_embed``(t - r) (+ label), the interval embedding's last layer zero.
     """
 
     def __init__(
@@ -158,6 +173,7 @@ class DiT(nn.Module, HubMixin):
         mlp_ratio: float = 4.0,
         num_classes: int | None = None,
         time_freq_dim: int = 256,
+        two_time: bool = False,
     ) -> None:
         super().__init__()
         h, w = _size2(input_size, "input_size")
@@ -186,8 +202,9 @@ class DiT(nn.Module, HubMixin):
         self.config = dict(
             in_channels=in_channels, input_size=h if h == w else [h, w], patch_size=patch_size,
             hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=float(mlp_ratio),
-            num_classes=num_classes, time_freq_dim=time_freq_dim,
+            num_classes=num_classes, time_freq_dim=time_freq_dim, two_time=bool(two_time),
         )  # fmt: skip
+        self.two_time = bool(two_time)
         self.in_channels = in_channels
         self.input_size = (h, w)
         self.patch_size = patch_size
@@ -200,7 +217,12 @@ class DiT(nn.Module, HubMixin):
         self.y_embedder = LabelEmbedding(num_classes, hidden_size) if num_classes is not None else None
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
         self.final_layer = FinalLayer(hidden_size, patch_size, in_channels)
+        self.interval_embed: nn.Module | None = None
         self._init_weights()
+        if self.two_time:  # after the one-time layers' init, so they draw the same weights as in a one-time net
+            self.interval_embed = TimeEmbedding(hidden_size, freq_dim=time_freq_dim)
+            self.interval_embed.apply(_xavier_linear)  # as the time MLP, but its last layer zero
+            zero_last_layer(self.interval_embed)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> DiT:
@@ -217,14 +239,7 @@ class DiT(nn.Module, HubMixin):
         and y steer the blocks (measured here: label accuracy 0.13 after 166 CPU steps). With
         PyTorch's default scale, c has entries of order 1 from the first step.
         """
-
-        def basic(m: nn.Module) -> None:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-        self.apply(basic)
+        self.apply(_xavier_linear)
         proj = self.x_embedder.proj
         nn.init.xavier_uniform_(proj.weight.view(proj.weight.shape[0], -1))
         if proj.bias is not None:
@@ -252,20 +267,28 @@ class DiT(nn.Module, HubMixin):
                 f"this DiT was built for {self.input_size[0]}x{self.input_size[1]} inputs (fixed position embedding), got {h}x{w}"
             )
 
-    def condition(self, t: Tensor | float, y: Tensor | None, batch: int, like: Tensor) -> Tensor:
-        """The conditioning vector c [B, D] = TimeEmbedding(t) (+ LabelEmbedding(y))."""
-        c = self.t_embedder(as_time_batch(t, batch, like))
+    def condition(
+        self, t: Tensor | float, y: Tensor | None, batch: int, like: Tensor, r: Tensor | float | None = None
+    ) -> Tensor:
+        """The conditioning vector c [B, D] = TimeEmbedding(t) (+ LabelEmbedding(y)); for a two-time net
+        TimeEmbedding(r) + interval_embed(t - r) (+ LabelEmbedding(y))."""
+        c = embed_times(self.t_embedder, self.interval_embed, r, t, batch, like)
         if self.y_embedder is not None:
             c = c + self.y_embedder(y, batch, like.device)
         elif y is not None:
             raise ValueError("this DiT is unconditional (num_classes=None) but got labels y")
         return c
 
-    def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
-        """x [B, C, H, W], t [B] in [0, 1] (0 = noise, 1 = data), y int64 [B] or None -> v [B, C, H, W]."""
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """``forward(x, t, y=None) -> v``, or with ``two_time`` ``forward(x, r, t, y=None) -> u``.
+
+        x [B, C, H, W]; t, r float [B] or scalars in [0, 1] (0 = noise, 1 = data; r <= t, the current
+        point x at r); y int64 [B] or None. Output [B, C, H, W].
+        """
+        r, t, y = bind_times(self, args, kwargs)
         self._check_input(x)
         b = x.shape[0]
-        c = self.condition(t, y, b, x)
+        c = self.condition(t, y, b, x, r=r)
         tokens = self.x_embedder(x) + self.pos_embed.to(x.dtype)
         for block in self.blocks:
             tokens = block(tokens, c)

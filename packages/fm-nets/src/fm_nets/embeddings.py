@@ -8,7 +8,8 @@ fed with raw t in [0, 1] leaves most channels almost constant. We scale t by ``s
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -44,9 +45,15 @@ def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0, max_period:
     if dim % 2 != 0:
         raise ValueError(f"sinusoidal embedding dim must be even, got {dim}")
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = (t.float() * scale)[:, None] * freqs[None, :]
+    work = torch.float64 if t.dtype == torch.float64 else torch.float32  # float64 stays float64 (jvp checks)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=work) / half)
+    args = (t.to(work) * scale)[:, None] * freqs[None, :]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(t.dtype)
+
+
+def no_autocast(device_type: str) -> AbstractContextManager[Any]:
+    """A context with autocast switched off on ``device_type`` (a no-op where there is no autocast)."""
+    return torch.autocast(device_type=device_type, enabled=False) if device_type in _AUTOCAST_DEVICES else nullcontext()
 
 
 class TimeEmbedding(nn.Module):
@@ -66,9 +73,9 @@ class TimeEmbedding(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         first: nn.Linear = self.mlp[0]  # type: ignore[assignment]
         dtype = first.weight.dtype
-        kind = t.device.type
-        with torch.autocast(device_type=kind, enabled=False) if kind in _AUTOCAST_DEVICES else nullcontext():
-            return self.mlp(sinusoidal_embedding(t.float(), self.freq_dim, self.scale).to(dtype))
+        with no_autocast(t.device.type):
+            t = t.double() if dtype == torch.float64 else t.float()
+            return self.mlp(sinusoidal_embedding(t, self.freq_dim, self.scale).to(dtype))
 
 
 class LabelEmbedding(nn.Module):

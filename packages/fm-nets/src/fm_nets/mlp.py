@@ -2,7 +2,8 @@
 
 Time convention: t = 0 is noise, t = 1 is data; t is a float tensor [B] in [0, 1] (a Python float or
 0-d tensor is broadcast to [B]). With ``num_classes`` set, label ``num_classes`` is the null class
-used for classifier-free guidance and ``y=None`` means "null" for the whole batch.
+used for classifier-free guidance and ``y=None`` means "null" for the whole batch. With
+``two_time=True`` the net is an average-velocity field ``u = net(x, r, t, y=None)`` (fm_nets.two_time).
 
 Two configurations of the same class:
 
@@ -30,12 +31,14 @@ Example::
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .embeddings import LabelEmbedding, TimeEmbedding, as_time_batch
+from .embeddings import LabelEmbedding, TimeEmbedding, no_autocast
 from .hub import HubMixin
+from .two_time import bind_times, embed_times, zero_last_layer
 
 __all__ = ["MLPVelocity", "ACTIVATIONS", "TIME_EMBEDDINGS"]
 
@@ -44,14 +47,19 @@ TIME_EMBEDDINGS = ("sinusoidal", "raw")
 
 
 class _RawTimeEmbedding(nn.Module):
-    """t [B] -> [B, out_dim]: Linear(1, time_dim) - act - Linear(time_dim, out_dim) on raw t."""
+    """t [B] -> [B, out_dim]: Linear(1, time_dim) - act - Linear(time_dim, out_dim) on raw t.
+
+    Computed in the weights' dtype with autocast switched off, as :class:`TimeEmbedding` (under bf16
+    autocast the first Linear would round t = 1 - 1/512 to 1)."""
 
     def __init__(self, out_dim: int, time_dim: int, act: type[nn.Module]) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(1, time_dim), act(), nn.Linear(time_dim, out_dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(t[:, None])
+        first: nn.Linear = self.mlp[0]  # type: ignore[assignment]
+        with no_autocast(t.device.type):
+            return self.mlp(t[:, None].to(first.weight.dtype))
 
 
 class _ResidualBlock(nn.Module):
@@ -87,6 +95,10 @@ class MLPVelocity(nn.Module, HubMixin):
         fourier_features: F > 0 appends sin/cos((pi/4) 2^k x_i), k = 0..F-1, to the input
             (2 F dim extra features; periods 8, 4, 2, ... suit data scaled to about [-4, 4]).
             Use 0 for high-dimensional inputs such as flattened images.
+        two_time: False = velocity field ``forward(x, t, y=None) -> v``; True = average-velocity
+            field ``forward(x, r, t, y=None) -> u`` (fm_nets.two_time): r is embedded like t, the
+            interval t - r by a second embedding of the same kind (``interval_embed``, last layer
+            zero), and the two are summed.
     """
 
     x_freqs: Tensor  # buffer [fourier_features] (not saved in the state_dict)
@@ -102,6 +114,7 @@ class MLPVelocity(nn.Module, HubMixin):
         time_embedding: str = "sinusoidal",
         residual: bool = True,
         fourier_features: int = 6,
+        two_time: bool = False,
     ) -> None:
         super().__init__()
         for key, val, low in (
@@ -133,18 +146,23 @@ class MLPVelocity(nn.Module, HubMixin):
             time_embedding=time_embedding,
             residual=bool(residual),
             fourier_features=fourier_features,
+            two_time=bool(two_time),
         )
         self.dim, self.num_classes, self.residual = dim, num_classes, bool(residual)
+        self.two_time = bool(two_time)
         act = ACTIVATIONS[activation]
 
         # Fourier features of the input coordinates: sin/cos(w_k x) with w_k = (pi/4) 2^k, periods 8, 4, 2, ...
         freqs = (math.pi / 4) * 2.0 ** torch.arange(fourier_features, dtype=torch.float32)
         self.register_buffer("x_freqs", freqs, persistent=False)
         self.in_proj = nn.Linear(dim * (1 + 2 * fourier_features), hidden)
-        if time_embedding == "sinusoidal":
-            self.time_embed: nn.Module = TimeEmbedding(hidden, freq_dim=time_dim, scale=1000.0)
-        else:
-            self.time_embed = _RawTimeEmbedding(hidden, time_dim, act)
+
+        def time_embedding_module() -> nn.Module:
+            if time_embedding == "sinusoidal":
+                return TimeEmbedding(hidden, freq_dim=time_dim, scale=1000.0)
+            return _RawTimeEmbedding(hidden, time_dim, act)
+
+        self.time_embed = time_embedding_module()
         self.label_embed = LabelEmbedding(num_classes, hidden) if num_classes is not None else None
         self.merge = nn.Linear(2 * hidden, hidden)  # concat(x features, t/y embedding) -> hidden
         if self.residual:
@@ -153,6 +171,10 @@ class MLPVelocity(nn.Module, HubMixin):
         else:
             self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(hidden, hidden), act()) for _ in range(depth))
             self.out = nn.Linear(hidden, dim)
+        # built last, so the one-time layers draw the same initial weights as in a one-time net
+        self.interval_embed: nn.Module | None = time_embedding_module() if self.two_time else None
+        if self.interval_embed is not None:
+            zero_last_layer(self.interval_embed)
 
     @property
     def config(self) -> dict:
@@ -174,17 +196,25 @@ class MLPVelocity(nn.Module, HubMixin):
             fourier_features=0,
         )
 
-    def embed(self, t: Tensor | float, y: Tensor | None, batch: int, like: Tensor) -> Tensor:
-        """Time (+ label) embedding [B, hidden] for t [B] (or scalar) and labels y [B] | None."""
-        c = self.time_embed(as_time_batch(t, batch, like))
+    def embed(
+        self, t: Tensor | float, y: Tensor | None, batch: int, like: Tensor, r: Tensor | float | None = None
+    ) -> Tensor:
+        """Time (+ label) embedding [B, hidden] for t [B] (or scalar) and labels y [B] | None; a two-time
+        net also takes the current time r and embeds r and the interval t - r."""
+        c = embed_times(self.time_embed, self.interval_embed, r, t, batch, like)
         if self.label_embed is not None:
             c = c + self.label_embed(y, batch, like.device)
         elif y is not None:
             raise ValueError("this MLPVelocity is unconditional (num_classes=None); pass y=None")
         return c
 
-    def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
-        """x [B, dim] or [B, *shape] (prod(shape) == dim), t [B] in [0, 1] (0 = noise, 1 = data) -> v like x."""
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """``forward(x, t, y=None) -> v``, or with ``two_time`` ``forward(x, r, t, y=None) -> u``.
+
+        x [B, dim] or [B, *shape] (prod(shape) == dim); t, r float [B] or scalars in [0, 1] (0 = noise,
+        1 = data; r <= t, the current point x at r); y int64 [B] or None. Output shaped like x.
+        """
+        r, t, y = bind_times(self, args, kwargs)
         if x.ndim < 2 or math.prod(x.shape[1:]) != self.dim:
             raise ValueError(
                 f"x must have shape [B, {self.dim}] or [B, ...] with {self.dim} features, got {tuple(x.shape)}"
@@ -192,10 +222,10 @@ class MLPVelocity(nn.Module, HubMixin):
         batch = x.shape[0]
         flat = x.reshape(batch, self.dim)
         if len(self.x_freqs):
-            args = (flat[:, :, None] * self.x_freqs).reshape(batch, -1)
-            flat = torch.cat([flat, torch.sin(args), torch.cos(args)], dim=-1)
+            angles = (flat[:, :, None] * self.x_freqs).reshape(batch, -1)
+            flat = torch.cat([flat, torch.sin(angles), torch.cos(angles)], dim=-1)
         h = self.in_proj(flat)
-        c = self.embed(t, y, batch, h)
+        c = self.embed(t, y, batch, h, r=r)
         h = self.merge(torch.cat([h, c], dim=-1))
         for block in self.blocks:
             h = block(h, c) if self.residual else block(h)

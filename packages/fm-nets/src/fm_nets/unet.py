@@ -3,6 +3,8 @@
 x [B, C, H, W] (images in [-1, 1]), t float [B] in [0, 1] (t = 0 noise, t = 1 data; a float or
 0-d tensor is broadcast), y int64 [B] or None. With ``num_classes`` set, label ``num_classes`` is
 the null class (classifier-free guidance) and ``y=None`` means null. Output: same shape as x.
+With ``two_time=True``: ``u = UNet(..., two_time=True)(x, r, t, y)``, the average velocity from r
+to t (fm_nets.two_time).
 
 Layout (Ronneberger et al. 2015; residual blocks with GroupNorm and time conditioning after
 Ho et al. 2020 / Dhariwal & Nichol 2021)::
@@ -40,12 +42,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embeddings import LabelEmbedding, TimeEmbedding, as_time_batch
+from .embeddings import LabelEmbedding, TimeEmbedding
 from .hub import HubMixin
+from .two_time import attention_with_forward_ad, bind_times, embed_times, zero_last_layer
 
-__all__ = ["UNet", "ResBlock", "SelfAttention2d"]
+__all__ = ["UNet", "ResBlock", "SelfAttention2d", "GroupNorm32"]
 
 CONDITIONING = ("scale-shift", "additive")
+
+
+class GroupNorm32(nn.GroupNorm):
+    """nn.GroupNorm computed in float32 under autocast on every device (CUDA's autocast policy for
+    group_norm; the CPU's would keep bf16). Besides precision this keeps ``torch.func.jvp`` working
+    under CPU bf16 autocast: there group_norm's forward-mode derivative comes out float32 beside a
+    bf16 value, and the next convolution refuses the mix. Without autocast it is nn.GroupNorm."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
+            x = x.float()
+        return super().forward(x)
 
 
 class ResBlock(nn.Module):
@@ -66,10 +81,10 @@ class ResBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.scale_shift = conditioning == "scale-shift"
-        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.norm1 = GroupNorm32(groups, in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * out_ch if self.scale_shift else out_ch)
-        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.norm2 = GroupNorm32(groups, out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
@@ -100,7 +115,7 @@ class SelfAttention2d(nn.Module):
     def __init__(self, ch: int, groups: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(groups, ch)
+        self.norm = GroupNorm32(groups, ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = nn.Conv2d(ch, ch, 1)
         _zero_init(self.proj)
@@ -108,7 +123,8 @@ class SelfAttention2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w).unbind(1)
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        qkv = (q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        out = attention_with_forward_ad(F.scaled_dot_product_attention, *qkv)
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
@@ -133,6 +149,10 @@ class UNet(nn.Module, HubMixin):
         patch_size: 1, or p > 1 to fold p x p pixel patches into channels first (pixel unshuffle,
             Shi et al. 2016) and unfold them at the end: the U-Net then runs at H/p x W/p, with
             p^2 fewer positions per convolution.
+        two_time: False = velocity field ``forward(x, t, y=None) -> v``; True = average-velocity
+            field ``forward(x, r, t, y=None) -> u`` (fm_nets.two_time): r goes through
+            ``time_embed``, the interval t - r through a second TimeEmbedding ``interval_embed``
+            (last layer zero), and the two are summed.
     """
 
     def __init__(
@@ -149,6 +169,7 @@ class UNet(nn.Module, HubMixin):
         num_heads: int = 4,
         mid_blocks: int = 1,
         patch_size: int = 2,
+        two_time: bool = False,
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
@@ -195,7 +216,9 @@ class UNet(nn.Module, HubMixin):
             num_heads=num_heads,
             mid_blocks=mid_blocks,
             patch_size=patch_size,
+            two_time=bool(two_time),
         )
+        self.two_time = bool(two_time)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.patch_size = patch_size
@@ -225,9 +248,13 @@ class UNet(nn.Module, HubMixin):
             self.up.append(nn.ModuleList(block(2 * c, c) for _ in range(num_res_blocks)))
             if i > 0:
                 self.upsample.append(nn.ConvTranspose2d(c, channels[i - 1], 2, stride=2))
-        self.out_norm = nn.GroupNorm(groups, channels[0])
+        self.out_norm = GroupNorm32(groups, channels[0])
         self.out_conv = nn.Conv2d(channels[0], io_channels, 3, padding=1)
         _zero_init(self.out_conv)
+        # built last, so the one-time layers draw the same initial weights as in a one-time net
+        self.interval_embed: nn.Module | None = TimeEmbedding(emb_dim) if self.two_time else None
+        if self.interval_embed is not None:
+            zero_last_layer(self.interval_embed)
 
     def _check_input(self, x: Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -241,11 +268,16 @@ class UNet(nn.Module, HubMixin):
                 "levels or pad (e.g. 28 -> 32 with fm_data.to_model(..., pad=True))."
             )
 
-    def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
-        """x [B, C, H, W], t [B] in [0, 1] (0 = noise, 1 = data), y int64 [B] or None -> v [B, C, H, W]."""
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """``forward(x, t, y=None) -> v``, or with ``two_time`` ``forward(x, r, t, y=None) -> u``.
+
+        x [B, C, H, W]; t, r float [B] or scalars in [0, 1] (0 = noise, 1 = data; r <= t, the current
+        point x at r); y int64 [B] or None. Output [B, C, H, W].
+        """
+        r, t, y = bind_times(self, args, kwargs)
         self._check_input(x)
         b = x.shape[0]
-        emb = self.time_embed(as_time_batch(t, b, x))
+        emb = embed_times(self.time_embed, self.interval_embed, r, t, b, x)
         if self.label_embed is not None:
             emb = emb + self.label_embed(y, b, x.device)
         elif y is not None:

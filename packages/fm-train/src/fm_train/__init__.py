@@ -30,6 +30,7 @@ from .history import HISTORY_FILENAME, LossHistory, read_csv_columns
 from .hooks import StepContext, StepInfo, StopFn
 from .loggers import CSVLogger, Logger, MissingDependencyError, TensorBoardLogger
 from .loop import Trainer, TrainingDivergedError, TrainResult
+from .pairs import PairStore
 from .precision import PRECISIONS, PrecisionChoice, resolve_precision, sampling_precision
 from .rng import capture_rng_state, restore_rng_state, seed_everything
 from .rundir import METRICS_FILENAME, RunDir, machine_info
@@ -60,6 +61,7 @@ __all__ = [
     "LossHistory",
     "METRICS_FILENAME",
     "MissingDependencyError",
+    "PairStore",
     "RESUME_MUST_MATCH",
     "RunDir",
     "RunLock",
