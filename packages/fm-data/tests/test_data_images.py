@@ -233,6 +233,7 @@ def test_download_failure_is_wrapped(clean_env, monkeypatch):
             raise OSError("Name or service not known")
 
     _fake_torchvision(monkeypatch, Offline)
+    (clean_env / "dl").mkdir()  # downloads go only into an existing folder
     with pytest.raises(DataError, match="download into .* failed: OSError: Name or service not known"):
         find_dataset_dir("mnist", clean_env / "dl")
 
@@ -248,11 +249,109 @@ def test_download_success_is_used(clean_env, monkeypatch):
                 _fake_dataset(Path(root) / "MNIST" / "raw")
 
     _fake_torchvision(monkeypatch, Fake)
+    (clean_env / "dl").mkdir()  # downloads go only into an existing folder
     assert find_dataset_dir("mnist", clean_env / "dl") == clean_env / "dl" / "MNIST" / "raw"
     assert calls == [(str(clean_env / "dl"), True, True), (str(clean_env / "dl"), False, True)]
     # second lookup finds the downloaded files without downloading again
     assert find_dataset_dir("mnist", clean_env / "dl") == clean_env / "dl" / "MNIST" / "raw"
     assert len(calls) == 2
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+class _Forbidden:
+    """torchvision's dataset class in a test that must not download: any use fails the test."""
+
+    mirrors = ["https://example.invalid/"]
+
+    def __init__(self, *a, **k):
+        raise AssertionError("download attempted")
+
+
+@pytest.mark.parametrize("how", ["data_dir", "FM_DATA_DIR", "both"])
+def test_a_named_data_dir_that_does_not_exist_is_one_line_without_folders_or_network(clean_env, monkeypatch, how):
+    """``FM_DATA_DIR=/data/dataa fm-pixel train`` with downloads on: one line naming the typo; nothing is
+    created (not under the typo, not in the download cache) and torchvision is never called. (With
+    downloads off the typo is listed among the paths tried, as before.)"""
+    monkeypatch.setenv("FM_DATA_DOWNLOAD", "1")
+    _fake_torchvision(monkeypatch, _Forbidden)
+    typo = clean_env / "dataa"
+    before = _tree(clean_env)
+    if how != "data_dir":
+        monkeypatch.setenv("FM_DATA_DIR", str(typo))
+    arg = typo if how != "FM_DATA_DIR" else None
+    for call in (lambda: find_dataset_dir("fashion-mnist", arg), lambda: load_images("mnist", "test", arg)):
+        with pytest.raises(DataError) as e:
+            call()
+        msg = str(e.value)
+        name = "data_dir" if how != "FM_DATA_DIR" else "FM_DATA_DIR"
+        assert msg == (
+            f"{name} {str(typo)!r} does not exist: give the folder that holds mnist/ and fashion-mnist/ "
+            "(nothing was created or downloaded)"
+        )
+    assert not typo.exists() and _tree(clean_env) == before
+
+
+def test_a_named_data_dir_that_is_a_file_is_refused(clean_env, monkeypatch):
+    monkeypatch.setenv("FM_DATA_DOWNLOAD", "1")
+    _fake_torchvision(monkeypatch, _Forbidden)
+    f = clean_env / "data.txt"
+    f.write_text("not a folder")
+    monkeypatch.setenv("FM_DATA_DIR", str(f))
+    with pytest.raises(DataError, match=r"^FM_DATA_DIR '.*data\.txt' is not a directory: "):
+        find_dataset_dir("mnist")
+
+
+def test_no_download_into_a_folder_that_does_not_exist(clean_env, monkeypatch):
+    """No data_dir, no FM_DATA_DIR: the download root is ~/.cache/fm-data, which is not created."""
+    monkeypatch.setenv("FM_DATA_DOWNLOAD", "1")
+    _fake_torchvision(monkeypatch, _Forbidden)
+    with pytest.raises(DataError) as e:
+        find_dataset_dir("mnist")
+    cache = clean_env / "home" / ".cache" / "fm-data"
+    assert f"download not attempted: {cache} does not exist (create it to allow a download there)" in str(e.value)
+    assert not (clean_env / "home").exists()
+
+
+def test_downloads_use_https_mirrors_only(clean_env, monkeypatch):
+    """torchvision's MNIST lists an https and a plain-http mirror: only the https one is handed on, the
+    class keeps its name (the files land in <root>/MNIST/raw) and the class itself is left unchanged."""
+    monkeypatch.setenv("FM_DATA_DOWNLOAD", "1")
+    seen = []
+
+    class MNIST:
+        mirrors = ["https://secure.example/mnist/", "http://plain.example/mnist/", "HTTP://shout.example/"]
+
+        def __init__(self, root, train=True, download=False):
+            seen.append((type(self).__name__, list(type(self).mirrors)))
+            if not train:
+                _fake_dataset(Path(root) / type(self).__name__ / "raw")
+
+    _fake_torchvision(monkeypatch, MNIST)
+    (clean_env / "dl").mkdir()
+    assert find_dataset_dir("mnist", clean_env / "dl") == clean_env / "dl" / "MNIST" / "raw"
+    assert seen == [("MNIST", ["https://secure.example/mnist/"])] * 2
+    assert MNIST.mirrors == ["https://secure.example/mnist/", "http://plain.example/mnist/", "HTTP://shout.example/"]
+
+
+def test_no_download_when_every_mirror_is_plain_http(clean_env, monkeypatch):
+    """torchvision 0.2x lists Fashion-MNIST on a plain-http mirror only: refused, with the reason."""
+    monkeypatch.setenv("FM_DATA_DOWNLOAD", "1")
+
+    class FashionMNIST(_Forbidden):
+        mirrors = ["http://fashion-mnist.example/"]
+
+    _fake_torchvision(monkeypatch, FashionMNIST)
+    (clean_env / "dl").mkdir()
+    with pytest.raises(DataError) as e:
+        find_dataset_dir("fashion-mnist", clean_env / "dl")
+    assert (
+        "download refused: torchvision knows no https mirror for fashion-mnist (only http://fashion-mnist.example/)"
+        in str(e.value)
+    )
+    assert _tree(clean_env / "dl") == []
 
 
 def test_corrupt_file_detected_even_after_a_cached_check(clean_env, monkeypatch):

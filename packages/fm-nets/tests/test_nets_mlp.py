@@ -95,7 +95,6 @@ def test_post_recipe_layout_and_parameter_count():
         time_embedding="raw",
         residual=False,
         fourier_features=0,
-        two_time=False,
     )
     expected = (
         (d * 512 + 512)  # input projection

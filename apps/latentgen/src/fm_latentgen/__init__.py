@@ -1,3 +1,3 @@
 """fm-latentgen: latent flow matching on MNIST and Fashion-MNIST (VAE + DiT; CLI, recipes, wiring)."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -24,7 +24,7 @@ from fm_cli.images import add_eval_parser, add_sample_parser, add_train_parser
 from fm_data.images import IMAGE_DATASETS, parse_classes
 
 from . import __version__
-from .commands import LATENT_STEPS, PROG, VAE_STEPS
+from .commands import LATENT_STEPS, PROG, REFLOW_PAIRS, VAE_STEPS
 from .config import DEFAULT_GUIDANCE, LATENT_DEFAULTS, VAE_DEFAULTS
 
 __all__ = ["build_parser", "main"]
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--latents", type=argtypes.nonempty_path, default=None,
                    help="directory written by encode (required unless --resume)")  # fmt: skip
+    flags.add_method(t, pairs_default=REFLOW_PAIRS)
     adv.add_argument("--dit", choices=("tiny", "small"), default=None, help="DiT size (default: tiny)")
     adv.add_argument("--patch-size", type=argtypes.int_at_least(1, "a positive integer", 64), default=None,
                      help="DiT patch size (default: 2 for 8x8 latents and up, else 1)")  # fmt: skip
@@ -137,13 +138,19 @@ def _load(args: argparse.Namespace, cfg):
     """(draw(n, **options) -> SampleResult with the run's EMA DiT and VAE, the device)."""
     import functools
 
+    from fm_cli.images import sample_straightness
+    from fm_cli.method import STRAIGHTNESS_N
     from fm_train import resolve_device
 
     from .training import generate, load_run
 
     device = resolve_device(args.device)
     model, _, vae = load_run(args.run, device=device)
-    return functools.partial(generate, model, vae, cfg, device=device), device
+    draw = functools.partial(generate, model, vae, cfg, device=device)
+    shape = tuple(cfg.latent_shape)  # eval also measures the straightness of the sampler's (latent) paths
+    measure = functools.partial(sample_straightness, model, cfg, STRAIGHTNESS_N, shape, device=device)
+    draw.straightness = measure  # type: ignore[attr-defined]
+    return draw, device
 
 
 def _cmd_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -166,6 +173,7 @@ def _cmd_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     """The run's EMA DiT as a save_pretrained folder, its VAE in OUT/vae, a model card (fm_cli.export)."""
     from fm_cli import error, one_line
     from fm_cli.export import export_image_run
+    from fm_cli.method import method_flags
 
     from .commands import CONFIG_ARGS, NET_ARGS
     from .training import load_run, read_run_config
@@ -175,6 +183,7 @@ def _cmd_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         model, cfg, _ = load_run(args.run)
         net_flags = {d: cfg.net_config[k] for d, k in NET_ARGS.items() if k in cfg.net_config}
         net_flags["latents"] = config.get("latents_dir")
+        net_flags.update(method_flags(config))  # --method meanflow ... (fm: none)
         res = export_image_run(args.run, args.out, model=model, cfg=cfg, config=config, prog=PROG, section="latent",
                                fields=CONFIG_ARGS, net_flags=net_flags, shape=tuple(cfg.latent_shape),
                                decode="vae/ (LatentVAE.decode, crops to 28x28), then fm_data.images.to_uint8",

@@ -13,10 +13,22 @@ from typing import Any
 
 from fm_cli import flags
 
-__all__ = ["CONFIG_ARGS", "LATENT_STEPS", "NET_ARGS", "PROG", "VAE_STEPS", "cmd_encode", "cmd_train", "cmd_train_vae"]
+__all__ = [
+    "CONFIG_ARGS",
+    "LATENT_STEPS",
+    "NET_ARGS",
+    "PROG",
+    "REFLOW_PAIRS",
+    "VAE_STEPS",
+    "cmd_encode",
+    "cmd_train",
+    "cmd_train_vae",
+]
 
 PROG = "fm-latentgen"
 VAE_STEPS, LATENT_STEPS = 1500, 3000  # budgets when neither --steps nor --minutes is given
+#: --pairs of --method reflow when not given (the teacher's (noise, latent) pairs).
+REFLOW_PAIRS = 60_000
 #: LatentConfig fields ``train`` sets (argparse dest = flat field name); on --resume they must agree.
 CONFIG_ARGS = (
     "classes", "conditional", "time", "coupling", "label_dropout", "batch_size", "lr", "schedule", "warmup_steps",
@@ -114,6 +126,7 @@ def cmd_encode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
 
 def _latent_config(parser: argparse.ArgumentParser, args: argparse.Namespace):
     """LatentConfig for a new run: the latent recipe on the cache in --latents, with the flags given."""
+    from fm_cli.method import method_overrides
     from fm_latent import LatentCacheError, load_latent_cache
     from fm_nets import DIT_CONFIGS, DiT
 
@@ -130,6 +143,7 @@ def _latent_config(parser: argparse.ArgumentParser, args: argparse.Namespace):
     net.update({f: getattr(args, d) for d, f in NET_ARGS.items() if d != "dit" and getattr(args, d) is not None})
     over = {k: getattr(args, k) for k in CONFIG_ARGS}
     over.update(conditional=bool(args.conditional), net_config=net)
+    over.update(method_overrides(parser, args))  # reflow: guidance 1 by default, independent coupling
     try:
         cfg = make_config(cache.info.get("dataset", "mnist"), list(cache.latents.shape[1:]), **over)
         DiT(**cfg.net_config)  # DiT's own errors (patch size, heads) as usage errors
@@ -141,17 +155,19 @@ def _latent_config(parser: argparse.ArgumentParser, args: argparse.Namespace):
 def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Flow matching with the DiT on a latent cache (torchrun: DDP)."""
     from fm_cli.images import train_command
+    from fm_cli.method import method_for_command
 
     from . import training
 
     if args.latents is None and not args.resume:
         parser.error("--latents is required (the directory written by fm-latentgen encode)")
+    method = method_for_command(parser, args, pairs_default=REFLOW_PAIRS)
 
     def train(cfg, run):
         latents = Path(run.stored["latents_dir"]) if run.stored is not None else args.latents
-        sample_fn = training.grid_fn(cfg, run.out)
+        sample_fn = training.grid_fn(cfg, run.out, method)
         return training.train_latent(cfg, run.out, latents_dir=latents, resume=args.resume, sample_fn=sample_fn,
-                                     loggers=flags.make_loggers(args.log, run.out))  # fmt: skip
+                                     loggers=flags.make_loggers(args.log, run.out), method=method)  # fmt: skip
 
     return train_command(
         PROG,

@@ -60,8 +60,9 @@ LATENT_DEFAULTS: dict[str, Any] = dict(
 
 
 #: The latent recipe's guidance scale per data set (stored in each run's config at train time;
-#: --guidance overrides it), the best FID of ``fm-latentgen eval --guidance-sweep`` on a 10-minute run.
-DEFAULT_GUIDANCE: dict[str, float] = {"mnist": 2.0, "fashion-mnist": 2.0}
+#: --guidance overrides it): the best FID of ``fm-latentgen eval --guidance-sweep 1,1.25,1.5,2,3`` on a
+#: 1,200-step run (about 10 minutes on two idle cores; benchmarks/RESULTS.md, "Guidance sweeps").
+DEFAULT_GUIDANCE: dict[str, float] = {"mnist": 1.5, "fashion-mnist": 3.0}
 
 
 def dit_defaults(latent_shape: list[int]) -> dict[str, Any]:

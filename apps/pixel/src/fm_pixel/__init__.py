@@ -1,3 +1,3 @@
 """fm-pixel: pixel-space flow matching on MNIST and Fashion-MNIST (CLI, recipes, wiring)."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -40,6 +40,8 @@ NET_FLAGS = {
     "dit": {"patch_size": "patch_size", "hidden": "hidden_size", "depth": "depth"},
 }
 NET_ARGS = ("channels", "res_blocks", "patch_size", "hidden", "depth")
+#: --pairs of --method reflow when not given (the teacher's (noise, image) pairs).
+REFLOW_PAIRS = 60_000
 
 
 # ----------------------------------------------------------------------------- parser
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="velocity network: unet, mlp or dit (fm_nets.DiT, 2x2 patches) (default: the recipe's, unet)",
     )
     flags.add_data_dir(t)
+    flags.add_method(t, pairs_default=REFLOW_PAIRS)
     # fmt: off
     adv.add_argument("--recipe", choices=tuple(RECIPES), default=None,
                      help="default | mit (MIT 6.S184 lab) | post (blog post MLP) (default: default)")
@@ -92,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- train
 def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace):
     """PixelConfig from the command line (a usage error for impossible combinations)."""
+    from fm_cli.method import method_overrides
+
     from .config import make_config
 
     recipe = args.recipe or "default"
@@ -106,6 +111,7 @@ def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         conditional=bool(args.conditional),
         net_config={kw: getattr(args, dest) for dest, kw in mine.items() if getattr(args, dest) is not None},
     )
+    over.update(method_overrides(parser, args))  # reflow: guidance 1 by default, independent coupling
     try:
         return make_config(args.dataset or "fashion-mnist", recipe, **over)
     except ValueError as e:
@@ -114,15 +120,18 @@ def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
 
 def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from fm_cli.images import train_command
+    from fm_cli.method import TeacherError, method_for_command
     from fm_data.images import DataError
 
     from . import training
     from .sampling import read_run_config
 
     flags.check_data_dir(parser, args.data_dir)
+    method = method_for_command(parser, args, pairs_default=REFLOW_PAIRS)
 
     def train(cfg, run):
-        return training.train(cfg, run.out, data_dir=args.data_dir, resume=args.resume, sample_fn=training.grid_fn(cfg),
+        return training.train(cfg, run.out, data_dir=args.data_dir, resume=args.resume, method=method,
+                              sample_fn=training.grid_fn(cfg, method),
                               loggers=flags.make_loggers(args.log, run.out))  # fmt: skip
 
     return train_command(
@@ -137,7 +146,7 @@ def _cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         fixed=NET_ARGS,
         default_steps=DEFAULT_STEPS,
         settings=dict(compile=args.compile, sample_every=args.sample_every),
-        errors=(DataError,),
+        errors=(DataError, TeacherError),
     )
 
 
@@ -146,13 +155,19 @@ def _load_model(args: argparse.Namespace, cfg):
     """(draw(n, **options) -> SampleResult with the run's EMA network, the device)."""
     import functools
 
+    from fm_cli.images import sample_straightness
+    from fm_cli.method import STRAIGHTNESS_N
     from fm_train import resolve_device
 
     from .sampling import generate, load_run
 
     device = resolve_device(args.device)
     model, _ = load_run(args.run, device=device)
-    return functools.partial(generate, model, cfg, device=device), device
+    draw = functools.partial(generate, model, cfg, device=device)
+    size = (1, cfg.model_size, cfg.model_size)  # eval also measures the straightness of the sampler's paths
+    measure = functools.partial(sample_straightness, model, cfg, STRAIGHTNESS_N, size, device=device)
+    draw.straightness = measure  # type: ignore[attr-defined]
+    return draw, device
 
 
 def _cmd_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -175,6 +190,7 @@ def _cmd_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
     """The run's EMA network as a save_pretrained folder with a model card (fm_cli.export)."""
     from fm_cli import error, one_line
     from fm_cli.export import export_image_run
+    from fm_cli.method import method_flags
 
     from .sampling import load_run, read_run_config
 
@@ -182,6 +198,7 @@ def _cmd_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         _, config = read_run_config(args.run)
         model, cfg = load_run(args.run)
         net_flags = {d: cfg.net_config[k] for d, k in NET_FLAGS[cfg.net].items() if k in cfg.net_config}
+        net_flags.update(method_flags(config))  # --method meanflow ... (fm: none)
         res = export_image_run(args.run, args.out, model=model, cfg=cfg, config=config, prog=PROG, section="pixel",
                                fields=CONFIG_ARGS, shape=(1, cfg.model_size, cfg.model_size),
                                net_flags=net_flags,

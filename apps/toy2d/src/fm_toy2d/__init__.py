@@ -1,3 +1,3 @@
 """fm-toy2d: 2D flow matching and normalizing flows, with pictures and animations."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -44,8 +44,10 @@ from pathlib import Path
 from typing import Any
 
 from fm_cli import add_version, argtypes, flags, run_cli
+from fm_cli.method import FLOW_MAP, resolve_run_sampler, run_is_two_time
 
 from .cli_train import cmd_demo, cmd_train
+from .config import MAX_DIM, MAX_GRID
 
 __all__ = ["build_parser", "cmd_demo", "cmd_eval", "cmd_sample", "cmd_train", "main"]
 
@@ -60,9 +62,11 @@ NF_EXACT = "a normalizing-flow run (it samples with one exact pass of the flow, 
 #: Points drawn along their path for ``sample --gif``, and its frames with an adaptive solver.
 GIF_POINTS = 2000
 GIF_FRAMES = 40
+#: --pairs of --method reflow when not given (the teacher's (noise, point) pairs).
+REFLOW_PAIRS = 100_000
 
-grid_int = argtypes.int_at_least(1, "a positive integer", 1000)
-dim_int = argtypes.int_at_least(1, "a positive integer", 64)
+grid_int = argtypes.int_at_least(1, "a positive integer", MAX_GRID)
+dim_int = argtypes.int_at_least(1, "a positive integer", MAX_DIM)
 depth_int = argtypes.int_at_least(0, "an integer >= 0", 256)
 points_int = argtypes.int_at_least(1, "a positive integer", 10**8)  # 2D points are cheap: more than fm_cli's count_int
 
@@ -81,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_out(d, default_text="runs/demo, or runs/demo-<time> if taken")
     d.add_argument(
         "--steps",
-        type=argtypes.positive_int,
+        type=argtypes.steps_int,
         default=None,
         help="training steps (default: the checkerboard's budget, 3800)",
     )
@@ -120,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_resume(t)
     flags.add_device(t)
     flags.add_log(t)
+    flags.add_method(t, pairs_default=REFLOW_PAIRS)
     flags.add_precision(t)
     flags.add_compile(t)
     flags.add_threads(t)
@@ -136,10 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "y [N] int64 if conditional)")  # fmt: skip
     s.add_argument("--run", type=argtypes.nonempty_path, required=True, help="the run directory")
     s.add_argument("--n", type=points_int, required=True, help="number of samples")
-    flags.add_sampler(s, FIXED_SOLVERS, adaptive=True, guidance=True)
+    flags.add_sampler(s, (*FIXED_SOLVERS, FLOW_MAP), adaptive=True, guidance=True)  # flow-map: meanflow runs
     s.add_argument(
         "--label",
-        type=argtypes.nonneg_int,
+        type=argtypes.label_int,
         default=None,
         help="class label of every sample (conditional runs; default: uniform random labels)",
     )
@@ -161,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="write RUN/metrics.json: distances, quality, exact NLL on held-out data")
     e.add_argument("--run", type=argtypes.nonempty_path, required=True, help="the run directory")
     e.add_argument("--n", type=points_int, default=20000, help="samples for the quality metrics (default: 20000)")
-    flags.add_sampler(e, FIXED_SOLVERS, adaptive=True, guidance=False)
+    flags.add_sampler(e, (*FIXED_SOLVERS, FLOW_MAP), adaptive=True, guidance=False)
     flags.add_seed(e, None, default_text="the run's seed + 2000029", help="sampling seed")
     e.add_argument("--n-nll", type=argtypes.count_int, default=2000, help="held-out points for the NLL (default: 2000)")
     e.add_argument("--no-nll", dest="nll", action="store_false", help="skip the (slow) likelihood")
@@ -207,7 +212,11 @@ def _sampler(
         given = [f for f in ("--solver", "--nfe", "--guidance", "--gif") if hasattr(args, f[2:])]
         flags.refuse_inapplicable(parser, args, dict.fromkeys(given, NF_EXACT))
         return None, None
-    solver, nfe = flags.resolve_sampler(parser, args.solver, args.nfe, run_solver=cfg.solver, run_nfe=cfg.nfe)
+    from fm_train import RunDir
+
+    two_time = run_is_two_time(RunDir(args.run).read_config())
+    solver, nfe = resolve_run_sampler(parser, args.solver, args.nfe, two_time=two_time, run_solver=cfg.solver,
+                                      run_nfe=cfg.nfe)  # fmt: skip
     # fm-toy2d trains without label dropout: no null label, so only guidance 1
     problem = flags.guidance_problem(getattr(args, "guidance", None), conditional=cfg.conditional, label_dropout=0.0)
     if problem:
@@ -287,6 +296,10 @@ def cmd_eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     q = metrics.get("quality", {})
     print(f"{PROG}: energy distance {metrics.get('energy_distance', float('nan')):.4g}, "
           f"W2 {metrics.get('w2', float('nan')):.4g}" + (f"; {headline(q)}" if q else ""))  # fmt: skip
+    if metrics.get("straightness"):  # fm_eval.straightness of the sampler's own paths (0: straight)
+        st = metrics["straightness"]
+        print(f"{PROG}: straightness {st['value']:.4g} ({st['normalised']:.4f} normalised; {st['n']} paths, "
+              f"{st['solver']} NFE {st['sampler_nfe']})")  # fmt: skip
     if metrics.get("manifold"):
         m = metrics["manifold"]
         print(f"{PROG}: precision {m['precision']:.3f}, recall {m['recall']:.3f}, density {m['density']:.3f}, "

@@ -24,8 +24,9 @@ __all__ = ["cmd_demo", "cmd_train"]
 PROG = "fm-toy2d"
 #: train options that do not apply to normalizing flows.
 NF_REFUSED = dict.fromkeys(
-    ("--recipe", "--coupling", "--time", "--target", "--precision", "--bf16", "--compile"), "--model nf"
-)
+    ("--recipe", "--coupling", "--time", "--target", "--precision", "--bf16", "--compile", "--method",
+     "--equal-fraction", "--init-from", "--teacher", "--pairs", "--teacher-solver", "--teacher-nfe", "--from-scratch"), "--model nf"
+)  # fmt: skip
 #: train options (dest -> RunConfig field) that --resume must find equal to the stored run's.
 RESUME_FIELDS = {
     "dataset": "dataset", "cells": "grid", "dim": "dim", "conditional": "conditional", "model": "model",
@@ -75,6 +76,22 @@ def _check_nf(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
         parser.error(cli.NF_MISSING)
 
 
+def _method_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """What ``--method meanflow|reflow`` changes in a new run's config: the conditional target (MeanFlow's
+    own target is built on it; reflow's pairs are coupled, so the batch's points are no posterior), and
+    for reflow the independent coupling (the pairs are the coupling)."""
+    method = getattr(args, "method", None)
+    if method in (None, "fm"):
+        return {}
+    if args.target == "batch-marginal":
+        parser.error(
+            f"--target batch-marginal does not apply to --method {method} (it trains on the conditional target)"
+        )
+    if method == "reflow" and args.coupling == "ot":
+        parser.error("--coupling ot does not apply to --method reflow (the teacher's pairs are the coupling)")
+    return {"target": "conditional", **({"coupling": "independent"} if method == "reflow" else {})}
+
+
 def _new_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Any, Any]:
     """(RunConfig, what the trainer gets) from the options: for nf the CLI's dict with "user_set"."""
     from .config import RunConfig, make_config
@@ -88,7 +105,7 @@ def _new_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
     }  # fmt: skip
     try:
         if args.model == "fm":
-            cfg = make_config(args.dataset, args.recipe, **given)
+            cfg = make_config(args.dataset, args.recipe, **{**given, **_method_options(parser, args)})
             return cfg, cfg
         cfg = RunConfig(
             dataset=args.dataset, model="nf", **{k: v for k, v in given.items() if v is not None and k != "net"}
@@ -112,8 +129,9 @@ def _stored_config(parser: argparse.ArgumentParser, args: argparse.Namespace, ou
     return cfg
 
 
-def _trainer(cfg, spec, out: Path, *, resume: bool, pictures: bool, quiet: bool, log: str = "csv"):
-    """The callable that trains ``cfg`` into ``out`` (``spec``: what the trainer gets) and draws the pictures."""
+def _trainer(cfg, spec, out: Path, *, resume: bool, pictures: bool, quiet: bool, log: str = "csv", method=None):
+    """The callable that trains ``cfg`` into ``out`` (``spec``: what the trainer gets; ``method``: the
+    fm_cli.method.MethodConfig of a flow-matching run) and draws the pictures."""
     from fm_train import dist_info
 
     from . import cli, training
@@ -130,7 +148,7 @@ def _trainer(cfg, spec, out: Path, *, resume: bool, pictures: bool, quiet: bool,
         else:
             with flags.precision_notes(PROG):
                 result = training.train(cfg, out, progress=not quiet, resume=resume,
-                                        loggers=flags.make_loggers(log, out))  # fmt: skip
+                                        loggers=flags.make_loggers(log, out), method=method)  # fmt: skip
         if result is not None and result.steps_this_call == 0:  # a resumed run with its budget used
             return Trained(result, [])
         if cfg.model == "fm":
@@ -166,7 +184,12 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     flags.check_log(parser, args.log)
     if args.model == "nf":
         _check_nf(parser, args)
+    from fm_cli.method import method_for_command
+
+    from .cli import REFLOW_PAIRS
     from .training import read_run
+
+    method = method_for_command(parser, args, pairs_default=REFLOW_PAIRS)
 
     run = choose_run_dir(parser, args.out, resume=args.resume, prefix=args.dataset, require_checkpoint=True,
                          read_config=lambda out: read_run(out)[0])  # fmt: skip
@@ -179,7 +202,8 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             cfg = spec = cfg.replace(compile=args.compile, **({"precision": precision} if precision else {}))
     else:
         cfg, spec = _new_config(parser, args)
-    work = _trainer(cfg, spec, run.out, resume=args.resume, pictures=args.pictures, quiet=args.quiet, log=args.log)
+    work = _trainer(cfg, spec, run.out, resume=args.resume, pictures=args.pictures, quiet=args.quiet, log=args.log,
+                    method=method)  # fmt: skip
     return run_training(
         PROG,
         parser,

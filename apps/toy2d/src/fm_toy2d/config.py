@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fm_cli.argtypes import MAX_BATCH, MAX_NFE, MAX_SEED, MAX_STEPS, check_config_bounds
 from fm_data.toy import TOY_DATASETS
 from fm_train import StrictConfig, TrainConfig
 
@@ -52,6 +53,12 @@ COUPLINGS = ("independent", "ot")
 TARGETS = ("conditional", "batch-marginal")
 TIMES = ("uniform", "logit-normal")
 SOLVERS = ("euler", "midpoint", "heun", "rk4")
+#: Checkerboard cells per axis and dimensions at most (--cells, --dim and config.json alike).
+MAX_GRID = 1000
+MAX_DIM = 64
+#: The command line's upper bounds (fm_cli.argtypes) for the same values read back from config.json.
+BOUNDS = {"grid": MAX_GRID, "dim": MAX_DIM, "steps": MAX_STEPS, "batch_size": MAX_BATCH, "ot_block": MAX_BATCH,
+          "warmup_steps": MAX_STEPS, "seed": MAX_SEED, "nfe": MAX_NFE}  # fmt: skip
 
 #: Training steps of the default recipe per dataset (the "default budget"): at most about
 #: 3 minutes on an unloaded 2-core CPU (measured steps/s in the README).
@@ -215,6 +222,7 @@ class RunConfig(StrictConfig):
         if not isinstance(self.net, dict):
             raise self._invalid("net", "a dict of MLPVelocity keyword arguments")
         self.train_config()  # steps/minutes, lr, schedule, EMA, seed, device: fm-train's checks
+        check_config_bounds(self, BOUNDS)
 
     @classmethod
     def from_dict(cls, data: Any) -> RunConfig:

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from fm_cli import progress, progress_enabled
-from fm_core import solve_ode
+from fm_cli.method import DEFAULT_FLOW_MAP_NFE, FLOW_MAP, sampler_straightness
+from fm_core import evals_per_step, solve_ode
 from fm_core.likelihood import log_likelihood
 from fm_eval.manifold import manifold_scores
 from fm_eval.metrics2d import checkerboard_quality, energy_distance, rings_quality, wasserstein2
@@ -52,6 +53,10 @@ HELDOUT_OFFSET = 1_000_003
 SAMPLE_OFFSET = 2_000_029
 #: NFE values of the "time quantization" sweep (multiples of 4, so every solver can use them).
 NFE_GRID = (4, 8, 16, 32, 64)
+#: NFE values added to the sweep of a meanflow or reflow run (one- and two-step sampling).
+FEW_NFE = (1, 2)
+#: Trajectories eval measures the straightness of the sampler's paths on (fm_eval.straightness).
+STRAIGHTNESS_N = 2000
 
 
 def heldout_seed(seed: int) -> int:
@@ -171,19 +176,25 @@ def evaluate(run: FlowRun, *, n: int = 20000, solver: str | None = None, nfe: in
     # fmt: on
     """Sample n points with (solver, nfe) (default: the run's) and compare with n held-out points.
 
-    Returns {"step", "samples": {...}, "energy_distance", "w2", "quality": {...}, "nll": {...}}
-    (:func:`sample_metrics`, :func:`likelihood`). Progress bars unless ``quiet``.
+    Returns {"step", "samples": {...}, "energy_distance", "w2", "quality": {...}, "straightness": {...},
+    "nll": {...}} (:func:`sample_metrics`, fm_cli.method.sampler_straightness on the sampler's own paths,
+    :func:`likelihood`). A two-time (meanflow) run samples by flow map unless told otherwise. Progress
+    bars unless ``quiet``.
     """
     cfg = run.config
-    solver = solver or cfg.solver
-    nfe = nfe if nfe is not None else (cfg.nfe if solver in SOLVERS else None)
+    solver = solver or (FLOW_MAP if run.two_time else cfg.solver)
+    if nfe is None:
+        nfe = DEFAULT_FLOW_MAP_NFE if solver == FLOW_MAP else cfg.nfe if solver in SOLVERS else None
     seed = cfg.seed + SAMPLE_OFFSET if seed is None else seed
     s = run.sample(n, seed=seed, solver=solver, nfe=nfe, progress=progress_enabled(quiet))
     out: dict[str, Any] = {
         "step": run.step,
         "samples": {"n": n, "solver": solver, "nfe": s.nfe, "seed": seed},
         **sample_metrics(cfg, run.dist, s.x, s.labels, w2_n=w2_n, ed_n=ed_n),
-    }
+        "straightness": sampler_straightness(run.model, min(n, STRAIGHTNESS_N), (cfg.data_dim,), solver=solver,
+                                             nfe=nfe, seed=seed, num_classes=run.num_classes,
+                                             random_labels=run.num_classes is not None, device=run.device),
+    }  # fmt: skip
     if nll:
         out["nll"] = likelihood(run, n_nll, quiet=quiet)
     return out
@@ -200,6 +211,9 @@ def nfe_sweep(
 ) -> tuple[list[dict[str, Any]], dict[tuple[str, int], Tensor]]:
     """Quality of every fixed-step solver at every NFE in ``nfes``, all from the same noise.
 
+    A meanflow or reflow run adds NFE 1 and 2 (:data:`FEW_NFE`, where a solver's steps allow them), a
+    meanflow run the flow-map sampler, and both their teacher (the ``--init-from`` or ``--teacher`` run)
+    at its own solver and NFE, as the solver ``"teacher (SOLVER)"`` (none when that run cannot be loaded).
     Returns (rows, samples): rows are {"solver", "nfe", "energy_distance", **quality}; samples maps
     (solver, nfe) to the first ``keep`` samples (for the picture).
     """
@@ -207,18 +221,40 @@ def nfe_sweep(
     seed = cfg.seed + SAMPLE_OFFSET if seed is None else seed
     data, _ = heldout_data(cfg, run.dist, n)
     rows, kept = [], {}
-    for solver in solvers:
-        for k in nfes:
-            s = run.sample(n, seed=seed, solver=solver, nfe=k)
-            q = sample_quality(cfg, s.x, s.labels)
-            row = {"solver": solver, "nfe": k, "energy_distance": energy_distance(s.x, data, max_n=2000, generator=0)}
-            row.update(
-                {key: q[key] for key in ("in_support", "min_cell_ratio", "on_own_ring", "on_own_ring_min") if key in q}
-            )
-            rows.append(row)
-            if keep:
-                kept[(solver, k)] = s.x[:keep]
+    few = run.method.name != "fm"
+    if few:
+        nfes = tuple(sorted({*FEW_NFE, *nfes}))
+        solvers = (FLOW_MAP, *solvers) if run.two_time and FLOW_MAP not in solvers else solvers
+    runs = [(s, k, run) for s in solvers for k in nfes if s == FLOW_MAP or k % evals_per_step(s) == 0]
+    teacher = _teacher(run) if few else None
+    if teacher is not None:
+        runs.append((f"teacher ({teacher.config.solver})", teacher.config.nfe, teacher))
+    for solver, k, source in runs:
+        name = source.config.solver if source is not run else solver
+        s = source.sample(n, seed=seed, solver=name, nfe=k)
+        q = sample_quality(cfg, s.x, s.labels)
+        row = {"solver": solver, "nfe": k, "energy_distance": energy_distance(s.x, data, max_n=2000, generator=0)}
+        row.update(
+            {key: q[key] for key in ("in_support", "min_cell_ratio", "on_own_ring", "on_own_ring_min") if key in q}
+        )
+        rows.append(row)
+        if keep:
+            kept[(solver, k)] = s.x[:keep]
     return rows, kept
+
+
+def _teacher(run: FlowRun) -> FlowRun | None:
+    """The run ``run`` learnt from (meanflow --init-from, reflow --teacher), loaded; None without one or
+    when it cannot be loaded (moved, deleted)."""
+    from .training import load_run
+
+    other = run.method.teacher_run
+    if other is None:
+        return None
+    try:
+        return load_run(other, device=str(run.device))
+    except (ValueError, OSError):
+        return None
 
 
 def reversibility(

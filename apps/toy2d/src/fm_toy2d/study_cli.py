@@ -10,16 +10,22 @@ from typing import Any
 
 from fm_cli import flags
 from fm_cli.argtypes import (
+    MAX_BATCH,
+    MAX_COUNT,
+    MAX_STEPS,
+    count_int,
+    int_at_least,
     int_list,
     nonneg_float,
-    nonneg_int,
     per_key_int,
     positive_float,
-    positive_int,
+    steps_int,
     subset_of,
+    threads_int,
     width_int,
 )
 
+from .config import MAX_DIM, MAX_GRID
 from .study_config import RECIPES, SCHEDULES, STATUSES, StudyConfig, quick_config, run_specs
 
 __all__ = ["add_study_parser", "cmd_study"]
@@ -44,23 +50,23 @@ def _options(d: StudyConfig) -> list[tuple[str, Any, str, str]]:
     """(flag, type, help, default shown) of the study's settings; each flag defaults to None (not given)."""
     return [
         ("--recipes", subset_of(RECIPES), "comma-separated recipes", ",".join(d.recipes)),
-        ("--grids", int_list(2), "modes sweep: 2D grids, or 'none'", f"{_ints(d.grids)}: 8 to 72 filled cells"),
-        ("--dims", int_list(1), "dimension sweep with grid 2, or 'none'", f"{_ints(d.dims)}: 2^(D-1) filled cells"),
-        ("--both-grids", int_list(2), "joint sweep grids; 'none' drops the joint sweep", _ints(d.both_grids)),
-        ("--both-dims", int_list(1), "joint sweep dimensions; 'none' drops the joint sweep", _ints(d.both_dims)),
-        ("--seeds", positive_int, "seeds 0..N-1", str(d.seeds)),
-        ("--max-steps", per_key_int(1, RECIPES), "step cap of a run: N or RECIPE=N,...", _per_recipe(d.max_steps)),
-        ("--batch-size", per_key_int(2, RECIPES), "N or RECIPE=N,...", _per_recipe(d.batch_size)),
-        ("--eval-every", positive_int, "steps between evaluations", str(d.eval_every)),
-        ("--per-cell", positive_int, "expected samples per filled cell in an evaluation", str(d.per_cell)),
-        ("--screen-n", nonneg_int, "screening samples before a full evaluation, 0 for none", str(d.screen_n)),
+        ("--grids", int_list(2, high=MAX_GRID), "modes sweep: 2D grids, or 'none'", f"{_ints(d.grids)}: 8 to 72 filled cells"),
+        ("--dims", int_list(1, high=MAX_DIM), "dimension sweep with grid 2, or 'none'", f"{_ints(d.dims)}: 2^(D-1) filled cells"),
+        ("--both-grids", int_list(2, high=MAX_GRID), "joint sweep grids; 'none' drops the joint sweep", _ints(d.both_grids)),
+        ("--both-dims", int_list(1, high=MAX_DIM), "joint sweep dimensions; 'none' drops the joint sweep", _ints(d.both_dims)),
+        ("--seeds", int_at_least(1, "a positive integer", 10**4), "seeds 0..N-1", str(d.seeds)),
+        ("--max-steps", per_key_int(1, RECIPES, high=MAX_STEPS), "step cap of a run: N or RECIPE=N,...", _per_recipe(d.max_steps)),
+        ("--batch-size", per_key_int(2, RECIPES, high=MAX_BATCH), "N or RECIPE=N,...", _per_recipe(d.batch_size)),
+        ("--eval-every", steps_int, "steps between evaluations", str(d.eval_every)),
+        ("--per-cell", count_int, "expected samples per filled cell in an evaluation", str(d.per_cell)),
+        ("--screen-n", int_at_least(0, "an integer >= 0", MAX_COUNT), "screening samples before a full evaluation, 0 for none", str(d.screen_n)),
         ("--budget-minutes", positive_float, "wall-clock budget of the study: runs not started by then are skipped, "
          "running ones stop at their next evaluation", f"{d.budget_minutes:g}"),
         ("--futility-rate", nonneg_float, "stop a run past half its cap when this in-support gain per 1,000 steps "
          "would not reach the target by the cap; 0 never stops early", f"{d.futility_rate:g}"),
-        ("--workers", positive_int, "parallel processes, one torch thread each", f"{d.workers}; --quick: 1"),
+        ("--workers", threads_int, "parallel processes, one torch thread each", f"{d.workers}; --quick: 1"),
         ("--hidden", width_int, "override every recipe's MLP width (advanced; tests)", "the recipe's"),
-        ("--depth", positive_int, "override every recipe's MLP depth (advanced; tests)", "the recipe's"),
+        ("--depth", int_at_least(1, "a positive integer", 256), "override every recipe's MLP depth (advanced; tests)", "the recipe's"),
     ]  # fmt: skip
 
 

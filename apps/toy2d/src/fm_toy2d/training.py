@@ -10,6 +10,11 @@ Everything that connects the packages for a flow-matching run lives here, so oth
   :meth:`FlowRun.sample` draws samples with fm-core's ``sample``.
 * :func:`read_run` reads ``RUN/config.json`` of either model kind (fm-train's RunDir).
 
+``method`` (fm_cli.method): ``meanflow`` trains a two-time MLP ``model(x, r, t, y)`` with MeanFlow's loss
+(``init_from``: a flow-matching run's EMA weights first); ``reflow`` trains on a teacher run's (noise,
+sample) pairs kept in RUN/reflow. A two-time run samples by flow map (``solver="flow-map"``, its
+default) or with any ODE solver through u(x, t, t).
+
 Time convention: t = 0 is N(0, I) noise, t = 1 is data; sampling integrates t from 0 to 1.
 The model works in data coordinates (no rescaling), so likelihoods need no correction.
 """
@@ -17,13 +22,23 @@ The model works in data coordinates (no rescaling), so likelihoods need no corre
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from fm_cli.method import (
+    FLOW_MAP,
+    MethodConfig,
+    flow_map_sampler,
+    is_two_time,
+    method_entry,
+    method_loss,
+    read_method,
+    sampling_model,
+)
 from fm_core import ExactOTCoupling, FlowMatchingLoss, IndependentCoupling, SampleResult, get_time_sampler, sample
 from fm_data.toy import ToyDistribution, get_toy
 from fm_nets.mlp import MLPVelocity
@@ -53,7 +68,8 @@ SAMPLE_BATCH = 50_000
 
 
 class InputScaled(nn.Module):
-    """``v(x, t, y) = net(scale * x, t, y)``: the net sees coordinates multiplied by ``scale``.
+    """``v(x, t, y) = net(scale * x, t, y)``: the net sees coordinates multiplied by ``scale`` (a two-time
+    net: ``u(x, r, t, y) = net(scale * x, r, t, y)``).
 
     Equivalent to a first layer initialised ``scale`` times larger: with data in [-4, 4] and
     cells of side 1 the default init varies too slowly across a cell, and the MLP needs
@@ -69,8 +85,8 @@ class InputScaled(nn.Module):
     def config(self) -> dict:
         return self.net.config
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.net(x * self.scale, t, y)
+    def forward(self, x: Tensor, *times_and_label: Any) -> Tensor:
+        return self.net(x * self.scale, *times_and_label)
 
 
 # ----------------------------------------------------------------------------- builders
@@ -79,15 +95,23 @@ def build_distribution(cfg: RunConfig) -> ToyDistribution:
     return get_toy(cfg.dataset, **cfg.data_kwargs)
 
 
-def build_model(cfg: RunConfig, dist: ToyDistribution | None = None) -> nn.Module:
-    """The velocity MLP: ``model(x [B, D], t [B], y [B] | None) -> v [B, D]``."""
+def build_model(cfg: RunConfig, dist: ToyDistribution | None = None, two_time: bool = False) -> nn.Module:
+    """The velocity MLP: ``model(x [B, D], t [B], y [B] | None) -> v [B, D]``; with ``two_time`` the
+    average-velocity MLP ``model(x, r, t, y) -> u`` (MeanFlow)."""
     dist = build_distribution(cfg) if dist is None else dist
     num_classes = dist.num_classes if cfg.conditional else None
-    return _wrap(MLPVelocity(dist.dim, num_classes=num_classes, **cfg.net), cfg)
+    more = {"two_time": True} if two_time else {}
+    return _wrap(MLPVelocity(dist.dim, num_classes=num_classes, **cfg.net, **more), cfg)
 
 
 def _wrap(net: nn.Module, cfg: RunConfig) -> nn.Module:
     return net if cfg.input_scale == 1.0 else InputScaled(net, cfg.input_scale)
+
+
+def _coupling(cfg: RunConfig) -> Any:
+    if cfg.coupling == "ot":
+        return ExactOTCoupling(by_label=cfg.conditional, block=cfg.ot_block)
+    return IndependentCoupling()
 
 
 def build_loss(cfg: RunConfig) -> FlowMatchingLoss:
@@ -95,11 +119,7 @@ def build_loss(cfg: RunConfig) -> FlowMatchingLoss:
 
     ``coupling="ot"``: exact OT in blocks of ``ot_block`` points (scipy's assignment is O(B^3)),
     within each class when conditional, so the noise paired with a class stays N(0, I)."""
-    if cfg.coupling == "ot":
-        coupling = ExactOTCoupling(by_label=cfg.conditional, block=cfg.ot_block)
-    else:
-        coupling = IndependentCoupling()
-    return FlowMatchingLoss(time_sampler=get_time_sampler(cfg.time), coupling=coupling, target=cfg.target)
+    return FlowMatchingLoss(time_sampler=get_time_sampler(cfg.time), coupling=_coupling(cfg), target=cfg.target)
 
 
 def batch_fn_for(
@@ -137,6 +157,7 @@ def train(
     stop_fn: StopFn | None = None,
     resume: bool = False,
     loggers: list[Any] | None = None,
+    method: MethodConfig | None = None,
 ) -> TrainResult:
     """Train a flow-matching run into ``run_dir`` (config.json, checkpoint/, loss.csv; ``loggers``:
     fm-train's, default loss.csv).
@@ -145,12 +166,14 @@ def train(
     (under no_grad, without consuming training randomness: fm-train isolates it); ``stop_fn``
     ends the run cleanly when it returns True. ``resume`` continues the run from its checkpoint.
     Batches come from the Trainer's generator seeded with ``cfg.seed`` (the training stream).
+    ``method`` (fm_cli.method, default flow matching): meanflow or reflow, stored in config.json.
     """
+    method = MethodConfig() if method is None else method
     if cfg.model != "fm":
         raise ValueError(f"fm_toy2d.training trains flow-matching runs (model='fm'), got model={cfg.model!r}")
     torch.manual_seed(cfg.seed)  # the weights' initialisation
     dist = build_distribution(cfg)
-    model = build_model(cfg, dist)
+    model = build_model(cfg, dist, two_time=method.two_time)
     loss = build_loss(cfg)
     tcfg = cfg.train_config(progress=progress, sample_every=callback_every if callback else None)
 
@@ -158,7 +181,20 @@ def train(
         x1, y = batch  # several processes (torchrun): every rank trains on its shard of the batch
         return loss(net, x1, y, generator=ctx.generator, shard=ctx.shard)
 
-    trainer = Trainer(model, loss_fn, batch_fn_for(cfg, dist), tcfg, run_dir, sample_fn=callback, extra_config=_extra_config(cfg, model),
+    batch_fn: Callable = batch_fn_for(cfg, dist)
+    if method.name != "fm":  # meanflow's own target; reflow's pairs are coupled, so the conditional target
+        loss_fn = method_loss(method, time_sampler=get_time_sampler(cfg.time), coupling=_coupling(cfg),
+                              **({} if method.two_time else {"target": "conditional"}))  # fmt: skip
+    if method.init_from is not None and not resume:
+        from .method_runs import init_from
+
+        init_from(model, method.init_from)
+    if method.name == "reflow":
+        from .method_runs import reflow_batches
+
+        batch_fn = reflow_batches(model, cfg, method, run_dir, resume=resume)
+    extra = {**_extra_config(cfg, model), **method_entry(method, run_dir, resume)}
+    trainer = Trainer(model, loss_fn, batch_fn, tcfg, run_dir, sample_fn=callback, extra_config=extra,
                       stop_fn=stop_fn, loggers=loggers)  # fmt: skip
     return trainer.train(resume=resume)
 
@@ -209,6 +245,7 @@ class FlowRun:
     dist: ToyDistribution
     device: torch.device
     step: int
+    method: MethodConfig = field(default_factory=MethodConfig)  # how it was trained (fm_cli.method)
 
     @property
     def conditional(self) -> bool:
@@ -218,8 +255,14 @@ class FlowRun:
     def num_classes(self) -> int | None:
         return self.dist.num_classes if self.config.conditional else None
 
+    @property
+    def two_time(self) -> bool:
+        """Whether the run's network is two-time (meanflow): ``model(x, r, t, y) -> u``."""
+        return is_two_time(self.model)
+
     def velocity(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.model(x, t, y)
+        """The instantaneous velocity v(x, t) (of a two-time network: u(x, t, t))."""
+        return sampling_model(self.model, "euler")(x, t, y)
 
     def sample(self, n: int, *, seed: int, solver: str | None = None, nfe: int | None = None, steps: int | None = None,
                time_grid: Tensor | None = None, label: int | None = None, trajectory: int = 0,
@@ -232,11 +275,16 @@ class FlowRun:
         problem = label_problem(label, self.num_classes)
         if problem:
             raise ValueError(problem)
+        if solver == FLOW_MAP or (solver is None and self.two_time):  # one- or few-step: fm_core.flow_map_solve
+            fixed = steps is None and time_grid is None  # else the steps or the grid say where to stop
+            solver, k = flow_map_sampler(self.model, nfe)
+            nfe = k if fixed else nfe
         solver = solver or self.config.solver
         if nfe is None and steps is None and time_grid is None and solver in SOLVERS:  # fixed steps: the run's NFE
             nfe = self.config.nfe
         labels = None if label is None else torch.full((n,), int(label), dtype=torch.long)
-        return sample(self.model, n, (self.config.data_dim,), seed=seed, labels=labels, num_classes=self.num_classes,
+        model = sampling_model(self.model, solver)  # a two-time net through u(x, t, t) for an ODE solver
+        return sample(model, n, (self.config.data_dim,), seed=seed, labels=labels, num_classes=self.num_classes,
                       random_labels=label is None and self.num_classes is not None, method=solver, nfe=nfe,
                       steps=steps, time_grid=time_grid, batch_size=SAMPLE_BATCH, trajectory=trajectory, device=self.device,
                       progress=progress)  # fmt: skip
@@ -245,7 +293,8 @@ class FlowRun:
 def load_run(run_dir: str | Path, device: str = "cpu", use_ema: bool = True) -> FlowRun:
     """Rebuild a trained flow-matching run from its directory (checkpoint + config)."""
     run_dir = Path(run_dir)
-    _, cfg = read_run(run_dir)
+    data, cfg = read_run(run_dir)
+    method = read_method(data, str(run_dir / "config.json"))
     if cfg.model != "fm":
         raise ValueError(f"{run_dir} holds a {cfg.model!r} run; load it with fm_toy2d.nf")
 
@@ -267,4 +316,5 @@ def load_run(run_dir: str | Path, device: str = "cpu", use_ema: bool = True) -> 
         dist=build_distribution(cfg),
         device=dev,
         step=int(ckpt_config.get("step", 0)),
+        method=method,
     )

@@ -3,7 +3,8 @@ command skeletons (dispatch, ``--version``, one-line errors, exit codes, the tra
 tail), labelled picture grids and GIFs, sample files.
 
 Modules: :mod:`fm_cli.argtypes`, :mod:`fm_cli.flags`, :mod:`fm_cli.app`, :mod:`fm_cli.train`,
-:mod:`fm_cli.pictures`, :mod:`fm_cli.samples`, :mod:`fm_cli.progress`.
+:mod:`fm_cli.pictures`, :mod:`fm_cli.samples`, :mod:`fm_cli.progress`, :mod:`fm_cli.reflow` (reflow's
+pairs and minibatches; imported on its own, it needs torch).
 Importing fm_cli does not import torch (commands import what they need when they run).
 """
 
@@ -23,7 +24,7 @@ from .train import (
     trained_line,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "LABEL_HEIGHT",

@@ -18,14 +18,21 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = [
+    "MAX_BATCH",
+    "MAX_COUNT",
+    "MAX_LABEL",
+    "MAX_NFE",
+    "MAX_SEED",
+    "MAX_STEPS",
     "MAX_WIDTH",
     "batch_int",
     "channel_list",
+    "check_config_bounds",
     "count_int",
     "device_spec",
     "finite_float",
@@ -33,6 +40,8 @@ __all__ = [
     "float_list",
     "int_at_least",
     "int_list",
+    "label_int",
+    "nfe_int",
     "nonempty_path",
     "nonempty_str",
     "nonneg_float",
@@ -41,11 +50,14 @@ __all__ = [
     "per_key_int",
     "positive_float",
     "positive_int",
+    "sample_batch_int",
     "seed_int",
+    "steps_int",
     "subset_of",
     "threads_int",
     "unit_float",
     "value_type",
+    "warmup_int",
     "width_int",
 ]
 
@@ -53,6 +65,14 @@ T = TypeVar("T")
 
 #: The widest layer a command line accepts (network widths, channels).
 MAX_WIDTH = 16384
+#: Upper bounds of the apps' integer flags, and of the same values read back from a run's config.json
+#: (fm_cli.images.config, fm_toy2d.config): far beyond any real run, far below int64 overflow.
+MAX_STEPS = 10**9  # optimizer steps, warm-up steps, steps between pictures or evaluations
+MAX_NFE = 10**4  # velocity evaluations per sample
+MAX_BATCH = 65536  # samples per batch (training or sampling)
+MAX_COUNT = 10**6  # images or points drawn or scored
+MAX_SEED = 2**32 - 1
+MAX_LABEL = 65535  # a class id (the run itself says which it has)
 
 
 def int_at_least(low: int, what: str, high: int | None = None) -> Callable[[str], int]:
@@ -97,17 +117,34 @@ def float_in(
     return parse
 
 
+# unbounded building blocks; the apps' flags use the bounded types below them
 positive_int = int_at_least(1, "a positive integer")
 nonneg_int = int_at_least(0, "an integer >= 0")
-batch_int = int_at_least(2, "an integer >= 2", 65536)
-seed_int = int_at_least(0, "an integer >= 0", 2**32 - 1)
-count_int = int_at_least(1, "a positive integer", 10**6)  # images, evaluations
+batch_int = int_at_least(2, "an integer >= 2", MAX_BATCH)  # a training batch
+sample_batch_int = int_at_least(1, "a positive integer", MAX_BATCH)  # a solver batch
+seed_int = int_at_least(0, "an integer >= 0", MAX_SEED)
+count_int = int_at_least(1, "a positive integer", MAX_COUNT)  # images, evaluations
+steps_int = int_at_least(1, "a positive integer", MAX_STEPS)  # --steps, --sample-every
+warmup_int = int_at_least(0, "an integer >= 0", MAX_STEPS)  # --warmup-steps
+nfe_int = int_at_least(1, "a positive integer", MAX_NFE)  # --nfe
+label_int = int_at_least(0, "an integer >= 0", MAX_LABEL)  # --label
 threads_int = int_at_least(1, "a positive integer", 1024)
 width_int = int_at_least(1, "a positive integer", MAX_WIDTH)  # layer widths
 positive_float = float_in(0.0, math.inf, "a positive number", low_open=True)
 nonneg_float = float_in(0.0, math.inf, "a number >= 0")
 unit_float = float_in(0.0, 1.0, "a number in [0, 1)")
 finite_float = float_in(-math.inf, math.inf, "a finite number", low_open=True)
+
+
+def check_config_bounds(cfg: Any, bounds: Mapping[str, int]) -> None:
+    """The command line's upper bounds for the same values read back from a run's config.json: a
+    ValueError in ``cfg``'s own wording (a fm_train ``StrictConfig``: ``name=VALUE is invalid: must be
+    an integer up to N``) for an integer field above its bound in ``bounds``. None and non-integers
+    pass (types and lower bounds are the config's own checks)."""
+    for name, high in bounds.items():
+        v = getattr(cfg, name)
+        if isinstance(v, int) and not isinstance(v, bool) and v > high:
+            raise cfg._invalid(name, f"an integer up to {high:,}")
 
 
 def nonempty_path(text: str) -> Path:
@@ -149,12 +186,12 @@ def channel_list(text: str) -> list[int]:
     return values
 
 
-def int_list(low: int, *, allow_none: bool = True) -> Callable[[str], tuple[int, ...]]:
-    """Comma-separated integers >= ``low``, e.g. ``2,4,8`` -> (2, 4, 8).
+def int_list(low: int, *, allow_none: bool = True, high: int | None = None) -> Callable[[str], tuple[int, ...]]:
+    """Comma-separated integers >= ``low`` (and <= ``high`` when given), e.g. ``2,4,8`` -> (2, 4, 8).
 
     With ``allow_none`` (the default) an empty value or ``none`` gives ``()`` (a sweep dropped).
     """
-    hint = " (or 'none')" if allow_none else ""
+    hint = (f" up to {high:,}" if high is not None else "") + (" (or 'none')" if allow_none else "")
 
     def parse(text: str) -> tuple[int, ...]:
         if allow_none and text.strip().lower() in ("", "none"):
@@ -163,7 +200,7 @@ def int_list(low: int, *, allow_none: bool = True) -> Callable[[str], tuple[int,
             values = tuple(int(v) for v in text.split(","))
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be comma-separated integers >= {low}{hint}, got {text!r}") from None
-        if any(v < low for v in values):
+        if any(v < low or (high is not None and v > high) for v in values):
             raise argparse.ArgumentTypeError(f"must be comma-separated integers >= {low}{hint}, got {text!r}")
         return values
 
@@ -211,16 +248,18 @@ def subset_of(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
 
 
 def per_key_int(
-    low: int, keys: Sequence[str], key_name: str = "RECIPE", plural: str = "recipes"
+    low: int, keys: Sequence[str], key_name: str = "RECIPE", plural: str = "recipes", high: int | None = None
 ) -> Callable[[str], dict[str, int]]:
-    """``N`` (every key) or ``KEY=N,KEY=N`` pairs -> {key or "*": N}, every N >= ``low``.
+    """``N`` (every key) or ``KEY=N,KEY=N`` pairs -> {key or "*": N}, every N >= ``low`` (and <= ``high``
+    when given).
 
     ``per_key_int(2, ("default", "post"))("default=256,64")`` gives {"default": 256, "*": 64}.
     """
     allowed = tuple(keys)
 
     def parse(text: str) -> dict[str, int]:
-        msg = f"must be an integer >= {low} or {key_name}=N pairs ({plural}: {', '.join(allowed)}), got {text!r}"
+        upto = f" up to {high:,}" if high is not None else ""
+        msg = f"must be an integer >= {low}{upto} or {key_name}=N pairs ({plural}: {', '.join(allowed)}), got {text!r}"
         out: dict[str, int] = {}
         try:
             for part in text.split(","):
@@ -231,7 +270,7 @@ def per_key_int(
                 out[key] = int(val)
         except ValueError:
             raise argparse.ArgumentTypeError(msg) from None
-        if any(v < low for v in out.values()):
+        if any(v < low or (high is not None and v > high) for v in out.values()):
             raise argparse.ArgumentTypeError(msg)
         return out
 

@@ -201,9 +201,13 @@ def export_image_run(
     decode: how samples become images (shown in the card and sampling.json). vae_dir / vae_identity:
     a latent run's VAE folder (copied to OUT/vae) and its identity (class, source, weights SHA-256).
     """
+    from .method import DEFAULT_FLOW_MAP_NFE, FLOW_MAP, is_two_time
+
     net = type(model).__name__
+    # a two-time (meanflow) network samples by flow map, in one step unless told otherwise
+    solver, nfe = (FLOW_MAP, DEFAULT_FLOW_MAP_NFE) if is_two_time(model) else (cfg.solver, cfg.nfe)
     sampling: dict[str, Any] = dict(
-        network=f"fm_nets.{net}", shape=list(shape), solver=cfg.solver, nfe=cfg.nfe, guidance=cfg.guidance,
+        network=f"fm_nets.{net}", shape=list(shape), solver=solver, nfe=nfe, guidance=cfg.guidance,
         num_classes=cfg.num_classes, classes=cfg.sample_classes if cfg.conditional else None,
         class_names=list(cfg.names) if cfg.conditional else None, decode=decode,
     )  # fmt: skip
@@ -214,7 +218,7 @@ def export_image_run(
         "from fm_core import sample",
         f"from fm_nets import {net}",
         f"net = {net}.from_pretrained({where!r})",
-        f"x = sample(net, 16, {tuple(shape)}, method={cfg.solver!r}, nfe={cfg.nfe}{labels}).x  # t = 0 noise -> 1 data",
+        f"x = sample(net, 16, {tuple(shape)}, method={solver!r}, nfe={nfe}{labels}).x  # t = 0 noise -> 1 data",
     ]
     if vae_dir is not None:
         ident = {k: v for k, v in (vae_identity or {}).items() if k != "config"}

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from .argtypes import (
-    count_int,
     device_spec,
     finite_float,
+    nfe_int,
     nonempty_path,
     positive_float,
-    positive_int,
     seed_int,
+    steps_int,
     threads_int,
 )
 
@@ -43,6 +43,7 @@ __all__ = [
     "add_data_dir",
     "add_device",
     "add_log",
+    "add_method",
     "add_out",
     "add_pictures",
     "add_precision",
@@ -194,11 +195,11 @@ def add_compile(p: Parser) -> argparse.Action:
 
 
 def add_budget(p: Parser, default_steps: str) -> argparse._MutuallyExclusiveGroup:
-    """``--steps`` (a positive integer) or ``--minutes`` (a positive number), not both; both default to
+    """``--steps`` (a positive integer up to 10**9) or ``--minutes`` (a positive number), not both; both default to
     None and ``default_steps`` says what the command uses then (e.g. "3000" or "the recipe's")."""
     group = p.add_mutually_exclusive_group()
     group.add_argument(
-        "--steps", type=positive_int, default=None, help=f"optimizer steps (default: {default_steps} unless --minutes)"
+        "--steps", type=steps_int, default=None, help=f"optimizer steps (default: {default_steps} unless --minutes)"
     )
     group.add_argument(
         "--minutes", type=positive_float, default=None, help="a training-time budget in minutes instead of steps"
@@ -217,7 +218,7 @@ def add_sampler(
         p.add_argument("--solver", choices=choices, default=None, help=_with_default("ODE solver", None, default_text)),
         p.add_argument(
             "--nfe",
-            type=count_int,
+            type=nfe_int,
             default=None,
             help=_with_default("velocity evaluations per sample (fixed-step solvers)", None, default_text),
         ),
@@ -365,6 +366,44 @@ def guidance_problem(
     if label_dropout == 0.0:
         return f"{name}: the run was trained without label dropout, so it has no null label; use {one}"
     return None
+
+
+def add_method(p: Parser, *, pairs_default: int) -> list[argparse.Action]:
+    """``--method fm|meanflow|reflow`` (default fm; a resumed run keeps its own) and the flags of each method:
+    meanflow ``--equal-fraction``, ``--init-from RUN``; reflow ``--teacher RUN``, ``--pairs`` (default
+    ``pairs_default``), ``--teacher-solver``, ``--teacher-nfe``, ``--from-scratch``. Resolve and check them
+    with :func:`fm_cli.method.method_for_command`."""
+    from .argtypes import count_int as pairs_int
+    from .argtypes import float_in
+    from .argtypes import nfe_int as teacher_nfe_int
+    from .method import DEFAULT_TEACHER_NFE, DEFAULT_TEACHER_SOLVER, METHODS, TEACHER_SOLVERS
+
+    share = float_in(0.0, 1.0, "a number in [0, 1]", high_open=False)
+
+    g = p.add_argument_group("method (fm: flow matching; meanflow, reflow: one- and few-step sampling)")
+    return [
+        g.add_argument("--method", choices=METHODS, default=None,
+                       help="fm: flow matching; meanflow: a two-time network (MeanFlow) that samples in 1-2 steps "
+                       "with --solver flow-map; reflow: flow matching on the noise-sample pairs of --teacher "
+                       "(default: fm, or the run's on --resume)"),
+        g.add_argument("--equal-fraction", type=share, default=None,
+                       help="meanflow: share of training rows with r = t (plain flow matching) (default: 0.75)"),
+        g.add_argument("--init-from", type=nonempty_path, default=None, metavar="RUN",
+                       help="meanflow: start from the EMA weights of this flow-matching run (the same network "
+                       "flags) (default: random weights)"),
+        g.add_argument("--teacher", type=nonempty_path, default=None, metavar="RUN",
+                       help="reflow: the trained fm or reflow run whose EMA network makes the pairs (required "
+                       "with --method reflow)"),
+        g.add_argument("--pairs", type=pairs_int, default=None,
+                       help="reflow: (noise, sample) pairs the teacher makes, kept in RUN/reflow/ and reused on "
+                       f"--resume; made before training, not counted in --minutes (default: {pairs_default:,})"),
+        g.add_argument("--teacher-solver", choices=TEACHER_SOLVERS, default=None,
+                       help=_with_default("reflow: the teacher's ODE solver", DEFAULT_TEACHER_SOLVER)),
+        g.add_argument("--teacher-nfe", type=teacher_nfe_int, default=None,
+                       help=_with_default("reflow: the teacher's evaluations per pair", DEFAULT_TEACHER_NFE)),
+        g.add_argument("--from-scratch", action="store_true",
+                       help="reflow: start from random weights, not the teacher's (default: the teacher's)"),
+    ]  # fmt: skip
 
 
 #: Where a train command logs its rows (``--log``): loss.csv always; tensorboard adds RUN/tensorboard.

@@ -35,6 +35,7 @@ __all__ = [
     "save_gif",
     "save_grid",
     "save_reconstructions",
+    "save_titled_rows",
     "title_margin",
 ]
 
@@ -251,6 +252,51 @@ def save_reconstructions(
     for r in range(len(rows)):
         top = (gap + r * (a_all.shape[1] + gap)) * scale
         img.paste(_text_strip(str(titles[r % 2]), margin, h), (0, top))
+    from fm_train.checkpoint import atomic_file
+
+    path = Path(path)
+    with atomic_file(path) as f:
+        img.save(f, format="PNG")
+    return path
+
+
+def save_titled_rows(
+    groups: Sequence[tuple[str, Any]],
+    path: str | Path,
+    ncol: int,
+    *,
+    labels: Sequence[str | int] | None = None,
+    caption: str | None = None,
+    scale: int = 2,
+) -> Path:
+    """Blocks of uint8 images [N_i, H, W] (``groups``: (title, images)) one under the other, each in rows
+    of ``ncol`` (a short last row padded with black) with its title left of its first row, e.g. one-step
+    samples above a teacher's. ``labels``: one per column, above the first row; ``caption`` below
+    (:func:`grid_image`). Returns the path of the PNG (written atomically)."""
+    if not groups:
+        raise ValueError("save_titled_rows needs at least one (title, images) group")
+    blocks, starts, row = [], [], 0
+    for title, images in groups:
+        a = _images(images, "save_titled_rows")
+        pad = (-a.shape[0]) % ncol
+        if pad:
+            a = np.concatenate([a, np.zeros((pad, *a.shape[1:]), dtype=a.dtype)])
+        starts.append((row, str(title)))
+        row += a.shape[0] // ncol
+        blocks.append(a)
+    shapes = {b.shape[1:] for b in blocks}
+    if len(shapes) != 1:
+        raise ValueError(f"save_titled_rows: the groups' images differ in size: {sorted(shapes)}")
+    every, gap = np.concatenate(blocks), 2
+    if labels is not None and len(labels) != ncol:
+        raise ValueError(f"labels: expected one per column ({ncol}), got {len(labels)}")
+    grid = grid_image(every, ncol, labels=labels, caption=caption, gap=gap, scale=scale)
+    h, margin = every.shape[1], title_margin([t for _, t in starts])
+    img = Image.new("L", (grid.width + margin, grid.height))
+    img.paste(grid, (margin, 0))
+    top0 = LABEL_HEIGHT if labels is not None else 0
+    for r, title in starts:
+        img.paste(_text_strip(title, margin, h * scale), (0, top0 + (gap + r * (h + gap)) * scale))
     from fm_train.checkpoint import atomic_file
 
     path = Path(path)

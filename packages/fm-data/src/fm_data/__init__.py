@@ -26,7 +26,7 @@ from .toy import (
     get_toy,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 __all__ = [
     # toy

@@ -9,6 +9,13 @@ in this order (first directory holding all four files wins):
 3. the system location ``/usr/share/datasets/<name>/`` (Debian's ``dataset-fashion-mnist``),
 4. a download through torchvision, when torchvision is installed and the network allows
    (into ``data_dir``, ``$FM_DATA_DIR`` or ``~/.cache/fm-data``; ``FM_DATA_DOWNLOAD=0`` disables it).
+   The download goes only into a folder that exists (none is created) and only over https: mirrors
+   that torchvision lists with plain http are dropped, and a data set with no https mirror is
+   not downloaded.
+
+When the files are not found and a download is allowed, a ``data_dir`` or ``FM_DATA_DIR`` that is
+given but is not a directory (a typo) is a one-line :class:`DataError` naming it: nothing is
+created and the network is not tried.
 
 Every file is checked against the MD5 of its *decompressed* content (the ``.gz`` bytes differ
 between mirrors); the check runs once per file per process. A missing or corrupt file raises
@@ -189,6 +196,38 @@ def _download_root(data_dir: str | os.PathLike | None) -> Path:
     return Path.home() / ".cache" / "fm-data"
 
 
+def _check_named_dirs(data_dir: str | os.PathLike | None) -> None:
+    """One-line DataError for a ``data_dir`` or ``$FM_DATA_DIR`` that was given but is not a directory:
+    a typo there must not send the lookup on to other places or a download (nothing is created)."""
+    named = [("data_dir", data_dir)] if data_dir is not None else []
+    env = os.environ.get("FM_DATA_DIR")
+    if env:
+        named.append(("FM_DATA_DIR", env))
+    for what, d in named:
+        path = Path(d).expanduser()
+        if not path.is_dir():
+            state = "is not a directory" if path.exists() else "does not exist"
+            raise DataError(
+                f"{what} {str(d)!r} {state}: give the folder that holds mnist/ and fashion-mnist/ "
+                f"(nothing was created or downloaded)"
+            )
+
+
+def _https_only(cls: type, name: str) -> tuple[type | None, str]:
+    """``cls`` (torchvision's MNIST / FashionMNIST) restricted to its https mirrors, same class name (its
+    files go to ``<root>/<class name>/raw``); (None, why) when it lists no https mirror."""
+    mirrors = getattr(cls, "mirrors", None)
+    if mirrors is None:  # no mirror list to restrict (not torchvision's usual class)
+        return cls, ""
+    https = [m for m in mirrors if str(m).lower().startswith("https://")]
+    if not https:
+        return None, (
+            f"download refused: torchvision knows no https mirror for {name} (only {', '.join(map(str, mirrors))}); "
+            "fetch the files over https yourself"
+        )
+    return type(cls.__name__, (cls,), {"mirrors": https}), ""
+
+
 def _candidates(name: str, data_dir: str | os.PathLike | None) -> list[Path]:
     """Directories to look in, in lookup order (torchvision's layout under each root last)."""
     roots: list[Path] = []
@@ -209,9 +248,13 @@ def _candidates(name: str, data_dir: str | os.PathLike | None) -> list[Path]:
     return list(dict.fromkeys(out))  # drop repeats, keep the first occurrence's position
 
 
+def _download_disabled() -> bool:
+    return os.environ.get("FM_DATA_DOWNLOAD", "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def _try_download(name: str, root: Path) -> tuple[Path | None, str]:
     """Download through torchvision into ``root``; return (raw dir or None, what happened)."""
-    if os.environ.get("FM_DATA_DOWNLOAD", "1").strip().lower() in ("0", "false", "no", "off"):
+    if _download_disabled():
         return None, "download disabled by FM_DATA_DOWNLOAD=0"
     try:
         import torchvision.datasets as tvd  # optional: only for the download
@@ -219,11 +262,14 @@ def _try_download(name: str, root: Path) -> tuple[Path | None, str]:
         return None, f"torchvision not importable ({type(e).__name__})"
     import socket
 
-    cls = tvd.MNIST if name == "mnist" else tvd.FashionMNIST
+    if not root.is_dir():
+        return None, f"download not attempted: {root} does not exist (create it to allow a download there)"
+    cls, why = _https_only(tvd.MNIST if name == "mnist" else tvd.FashionMNIST, name)
+    if cls is None:
+        return None, why
     old = socket.getdefaulttimeout()
     socket.setdefaulttimeout(20.0)
     try:
-        root.mkdir(parents=True, exist_ok=True)
         for train in (True, False):
             cls(str(root), train=train, download=True)
     except Exception as e:  # noqa: BLE001 - network errors come in many types
@@ -241,7 +287,9 @@ def find_dataset_dir(name: str, data_dir: str | os.PathLike | None = None, *, do
 
     Lookup order: ``data_dir`` (``data_dir/<name>`` or ``data_dir``), ``$FM_DATA_DIR/<name>``,
     ``/usr/share/datasets/<name>``, torchvision's layout (``<root>/MNIST/raw``), then a torchvision
-    download if ``download`` and the network allow. Raises DataError naming every path tried.
+    download (https only, into an existing folder) if ``download`` and the network allow. Raises
+    DataError naming every path tried or, where a download would come next, naming ``data_dir`` /
+    ``$FM_DATA_DIR`` when one is given but is not a directory (a typo: nothing created, no network).
     Only presence is checked here; :func:`load_images` checks the MD5s.
     """
     _check_name(name)
@@ -251,6 +299,8 @@ def find_dataset_dir(name: str, data_dir: str | os.PathLike | None = None, *, do
             return d
     note = "download not attempted (download=False)"
     if download:
+        if not _download_disabled():
+            _check_named_dirs(data_dir)
         got, note = _try_download(name, _download_root(data_dir).expanduser())
         if got is not None:
             return got

@@ -31,7 +31,7 @@ from .stats import (
 # straightness of a flow along sampled trajectories, for reflow (fm_eval.straightness)
 from .straightness import Straightness, straightness
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     # metrics2d

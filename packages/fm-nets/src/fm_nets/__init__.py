@@ -15,7 +15,7 @@ from .mlp import MLPVelocity
 from .two_time import interval_embedding_params, load_one_time_weights
 from .unet import UNet
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "HubMixin",

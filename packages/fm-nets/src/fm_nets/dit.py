@@ -202,9 +202,11 @@ class DiT(nn.Module, HubMixin):
         self.config = dict(
             in_channels=in_channels, input_size=h if h == w else [h, w], patch_size=patch_size,
             hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_ratio=float(mlp_ratio),
-            num_classes=num_classes, time_freq_dim=time_freq_dim, two_time=bool(two_time),
+            num_classes=num_classes, time_freq_dim=time_freq_dim,
         )  # fmt: skip
         self.two_time = bool(two_time)
+        if self.two_time:  # one-time configs stay as before the flag (old runs resume, old exports match)
+            self.config["two_time"] = True
         self.in_channels = in_channels
         self.input_size = (h, w)
         self.patch_size = patch_size

@@ -146,10 +146,11 @@ class MLPVelocity(nn.Module, HubMixin):
             time_embedding=time_embedding,
             residual=bool(residual),
             fourier_features=fourier_features,
-            two_time=bool(two_time),
         )
         self.dim, self.num_classes, self.residual = dim, num_classes, bool(residual)
         self.two_time = bool(two_time)
+        if self.two_time:  # one-time configs stay as before the flag (old runs resume, old exports match)
+            self._config["two_time"] = True
         act = ACTIVATIONS[activation]
 
         # Fourier features of the input coordinates: sin/cos(w_k x) with w_k = (pi/4) 2^k, periods 8, 4, 2, ...

@@ -216,9 +216,10 @@ class UNet(nn.Module, HubMixin):
             num_heads=num_heads,
             mid_blocks=mid_blocks,
             patch_size=patch_size,
-            two_time=bool(two_time),
         )
         self.two_time = bool(two_time)
+        if self.two_time:  # one-time configs stay as before the flag (old runs resume, old exports match)
+            self.config["two_time"] = True
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.patch_size = patch_size

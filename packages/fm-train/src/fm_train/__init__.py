@@ -39,7 +39,7 @@ from .schedule import SCHEDULES, decay_progress, lr_at
 from .signals import Interrupted, TrainingInterrupted, raise_on_signals
 from .sweep import CsvLog, TaskContext, TaskResult, read_csv_rows, run_pool
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "PRECISIONS",

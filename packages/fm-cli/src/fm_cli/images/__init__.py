@@ -29,7 +29,14 @@ from .config import (
     from_recipe,
     read_run,
 )
-from .sampling import check_label_guidance, eval_line, record_eval, sample_images, sampler_caption
+from .sampling import (
+    check_label_guidance,
+    eval_line,
+    record_eval,
+    sample_images,
+    sample_straightness,
+    sampler_caption,
+)
 from .sweep import GUIDANCE_FILE, GuidanceSweep, guidance_sweep, record_sweep, sweep_table
 from .training import (
     TrainSummary,
@@ -37,6 +44,8 @@ from .training import (
     flow_loss,
     grid_layout,
     loss_picture,
+    reflow_batches,
+    teacher_draw,
     train_and_record,
     training_grids,
 )
@@ -70,10 +79,13 @@ __all__ = [
     "read_run",
     "record_eval",
     "record_sweep",
+    "reflow_batches",
     "sample_command",
     "sample_images",
+    "sample_straightness",
     "sampler_caption",
     "sweep_table",
+    "teacher_draw",
     "train_and_record",
     "train_command",
     "training_grids",

@@ -27,13 +27,17 @@ from ..argtypes import (
     count_int,
     finite_float,
     float_list,
+    label_int,
+    nfe_int,
     nonempty_path,
-    nonneg_int,
     positive_float,
-    positive_int,
+    sample_batch_int,
+    steps_int,
     unit_float,
     value_type,
+    warmup_int,
 )
+from ..method import FLOW_MAP, resolve_run_sampler, run_is_two_time
 from ..pictures import save_grid
 from ..progress import progress_enabled
 from ..samples import describe_labels, sample_summary, write_samples
@@ -105,13 +109,13 @@ def add_train_parser(
     adv.add_argument("--label-dropout", type=unit_float, default=None,
                      help=d("label_dropout", "null-label probability of a conditional run "))  # fmt: skip
     adv.add_argument("--schedule", choices=SCHEDULES, default=None, help=d("schedule", "lr after warmup "))
-    adv.add_argument("--warmup-steps", type=nonneg_int, default=None, help=d("warmup_steps"))
+    adv.add_argument("--warmup-steps", type=warmup_int, default=None, help=d("warmup_steps"))
     adv.add_argument("--ema-decay", type=unit_float, default=None, help=d("ema_decay"))
     adv.add_argument("--solver", choices=SOLVERS, default=None, help=d("solver", "the run's default sampler "))
-    adv.add_argument("--nfe", type=count_int, default=None, help=d("nfe", "the run's default NFE "))
+    adv.add_argument("--nfe", type=nfe_int, default=None, help=d("nfe", "the run's default NFE "))
     adv.add_argument("--guidance", type=finite_float, default=None,
                      help=d("guidance", "the run's default guidance scale, 1 if unconditional "))  # fmt: skip
-    adv.add_argument("--sample-every", type=positive_int, default=GRID_EVERY,
+    adv.add_argument("--sample-every", type=steps_int, default=GRID_EVERY,
                      help=f"steps between sample grids (default: {GRID_EVERY})")  # fmt: skip
     flags.add_threads(adv)
     flags.add_quiet(adv)
@@ -124,7 +128,7 @@ def _common(p: argparse.ArgumentParser, n_default: int | None, what: str) -> Non
         p.add_argument("--n", type=count_int, required=True, help=f"number of {what}")
     else:
         p.add_argument("--n", type=count_int, default=n_default, help=f"{what} scored (default: {n_default})")
-    flags.add_sampler(p, SOLVERS)
+    flags.add_sampler(p, (*SOLVERS, FLOW_MAP))  # flow-map: two-time (meanflow) runs
 
 
 def add_sample_parser(sub: Any, help: str, what: str = "the images") -> argparse.ArgumentParser:
@@ -133,13 +137,13 @@ def add_sample_parser(sub: Any, help: str, what: str = "the images") -> argparse
     s = sub.add_parser("sample", help=help, description=help)
     _common(s, None, "images")
     s.add_argument(
-        "--label", type=nonneg_int, default=None,
+        "--label", type=label_int, default=None,
         help="class of every image (default: balanced over the trained classes)",
     )  # fmt: skip
     flags.add_seed(s, 0)
     s.add_argument("--out", type=nonempty_path, required=True, help="output file, FILE.npz")
     flags.add_pictures(s, what)
-    s.add_argument("--batch-size", type=positive_int, default=500, help="images per solver batch (default: 500)")
+    s.add_argument("--batch-size", type=sample_batch_int, default=500, help="images per solver batch (default: 500)")
     flags.add_device(s)
     flags.add_threads(s)
     flags.add_quiet(s)
@@ -165,12 +169,13 @@ def add_eval_parser(sub: Any, help: str) -> argparse.ArgumentParser:
 def _read_run(parser: argparse.ArgumentParser, args: argparse.Namespace, read: Read) -> tuple[Any, str, int | None]:
     """The run's config and the sampler (solver, nfe) to use; usage errors for anything that does not fit."""
     try:
-        cfg, _ = read(args.run)
+        cfg, config = read(args.run)
     except ValueError as e:
         parser.error(f"--run {str(args.run)!r}: {one_line(e)}")
     if not (args.run / "checkpoint").exists() and not (args.run / "checkpoint.old").exists():
         parser.error(f"--run {str(args.run)!r} has no checkpoint yet (training has not saved one)")
-    solver, nfe = flags.resolve_sampler(parser, args.solver, args.nfe, run_solver=cfg.solver, run_nfe=cfg.nfe)
+    solver, nfe = resolve_run_sampler(parser, args.solver, args.nfe, two_time=run_is_two_time(config),
+                                      run_solver=cfg.solver, run_nfe=cfg.nfe)  # fmt: skip
     try:
         check_label_guidance(cfg, getattr(args, "label", None), args.guidance, flags=True)
     except ValueError as e:
@@ -209,11 +214,14 @@ def sample_command(
         ncol = columns or math.ceil(math.sqrt(n_grid))
         lab = None if res.labels is None else res.labels[:n_grid]
         grid_labels = column_labels(lab, ncol, cfg.names)
-    written = write_samples(args.out, res.x, res.labels, gif=args.gif, gif_frames=res.trajectory,
-                            ncol=columns, n_grid=n_grid, grid_labels=grid_labels)  # fmt: skip
-    if args.grid is not None:  # the grid with its caption (the sampler), after the .npz as before
-        caption = sampler_caption(res)
-        written.insert(1, save_grid(res.x[:n_grid], args.grid, columns, labels=grid_labels, caption=caption))
+    try:  # an encoder's error half-way through a file: one line (the temporary file is already removed)
+        written = write_samples(args.out, res.x, res.labels, gif=args.gif, gif_frames=res.trajectory,
+                                ncol=columns, n_grid=n_grid, grid_labels=grid_labels)  # fmt: skip
+        if args.grid is not None:  # the grid with its caption (the sampler), after the .npz as before
+            caption = sampler_caption(res)
+            written.insert(1, save_grid(res.x[:n_grid], args.grid, columns, labels=grid_labels, caption=caption))
+    except errors as e:
+        return error(prog, "sample", one_line(e))
     print(sample_summary(args.n, describe_labels(res.labels), res.method, res.nfe, res.guidance, res.seconds, written))
     return 0
 
@@ -249,6 +257,9 @@ def eval_command(
                    progress=progress_enabled(args.quiet))  # fmt: skip
         scores = image_scores(res.x, cfg.dataset, labels=res.labels, classes=cfg.classes, data_dir=args.data_dir,
                               device=device, manifold=True)  # fmt: skip
+        measure = getattr(draw, "straightness", None)  # the app's sample_straightness on the model, if any
+        if measure is not None:  # fm_eval.straightness along the sampler's own trajectories
+            scores["straightness"] = measure(solver=solver, nfe=nfe, guidance=args.guidance, seed=args.seed)
     except caught as e:
         return error(prog, "eval", one_line(e))
     path = record_eval(args.run, res, scores, n=args.n, seed=args.seed)
@@ -262,7 +273,9 @@ def _load(load: Load, args: argparse.Namespace, cfg: Any) -> tuple[Callable[...,
     from fm_train.precision import sampling_precision
 
     draw, device = load(args, cfg)
-    return functools.partial(draw, precision=sampling_precision(args.run, device)), device
+    wrapped = functools.partial(draw, precision=sampling_precision(args.run, device))
+    wrapped.straightness = getattr(draw, "straightness", None)  # type: ignore[attr-defined]
+    return wrapped, device
 
 
 def _check_sweep(parser: argparse.ArgumentParser, cfg: Any, guidances: Sequence[float]) -> None:

@@ -28,6 +28,8 @@ from fm_core import evals_per_step, fit_nfe
 from fm_core.solvers import FIXED_METHODS
 from fm_train import RunDir, StrictConfig, TrainConfig
 
+from ..argtypes import MAX_BATCH, MAX_NFE, MAX_SEED, MAX_STEPS, check_config_bounds
+
 __all__ = [
     "CONFIG_LAYOUT",
     "COUPLINGS",
@@ -63,9 +65,14 @@ class ImageTrainConfig(TrainConfig):
     def validate(self) -> None:
         self._check_real("lr", 0, low_open=True, allowed="a positive number")  # the words of --lr
         super().validate()
+        check_config_bounds(self, TRAIN_BOUNDS)
 
 
 _TRAIN_FIELDS = frozenset(f.name for f in dataclasses.fields(ImageTrainConfig))
+
+#: The command line's upper bounds (fm_cli.argtypes) for the training fields read back from config.json.
+TRAIN_BOUNDS = {"steps": MAX_STEPS, "batch_size": MAX_BATCH, "warmup_steps": MAX_STEPS, "seed": MAX_SEED,
+                "log_every": MAX_STEPS, "ckpt_every": MAX_STEPS, "sample_every": MAX_STEPS}  # fmt: skip
 
 
 @dataclass
@@ -138,6 +145,7 @@ class ImageRunConfig(StrictConfig):
         self._check_int("nfe", 1, allowed=f"a positive multiple of {per} for the {self.solver} solver")
         if self.nfe % per:
             raise self._invalid("nfe", f"a positive multiple of {per} for the {self.solver} solver")
+        check_config_bounds(self, {"nfe": MAX_NFE})
         self._check_real("guidance")
         if not self.conditional and self.guidance != 1.0:
             raise self._invalid("guidance", "1 for an unconditional run (guidance needs labels)")

@@ -28,9 +28,17 @@ from fm_train import RunDir, machine_info
 from fm_train.precision import precision_autocast
 
 from ..flags import guidance_problem
+from ..method import FLOW_MAP, flow_map_sampler, is_two_time, sampler_straightness, sampling_model
 from .config import ImageRunConfig
 
-__all__ = ["check_label_guidance", "eval_line", "record_eval", "sample_images", "sampler_caption"]
+__all__ = [
+    "check_label_guidance",
+    "eval_line",
+    "record_eval",
+    "sample_images",
+    "sample_straightness",
+    "sampler_caption",
+]
 
 
 def check_label_guidance(
@@ -72,13 +80,17 @@ def sample_images(
     """Draw ``n`` images from ``model`` (its EMA weights, on ``device``) with :func:`fm_core.sample`.
 
     shape: one solver state, e.g. (1, 32, 32) or the latent shape. solver / nfe / guidance default to
-    the run's (``cfg``; nfe None with an adaptive solver such as dopri5); ``label`` gives every
+    the run's (``cfg``; nfe None with an adaptive solver such as dopri5); a two-time (meanflow) model
+    samples by ``flow-map`` by default (fm_cli.method.DEFAULT_FLOW_MAP_NFE steps), or through u(x, t, t)
+    with an ODE solver; ``label`` gives every
     image that class, otherwise a conditional run's labels are balanced over its trained classes.
     ``trajectory`` > 0 also keeps the first that many images at every solver time (decoded).
     ``precision``: "fp32", "bf16" or None (the caller's autocast); see the module docstring.
     Returns fm-core's SampleResult with ``x`` the decoded images. ValueError for what the run
     cannot do (:func:`check_label_guidance`) or a bad solver/NFE.
     """
+    if solver == FLOW_MAP or (solver is None and is_two_time(model)):  # a two-time (meanflow) run
+        solver, nfe = flow_map_sampler(model, nfe)
     solver = solver or cfg.solver
     if nfe is None and solver not in ADAPTIVE_METHODS:
         nfe = fit_nfe(solver, cfg.nfe)  # the run's NFE, rounded down to the solver's steps
@@ -94,7 +106,7 @@ def sample_images(
         amp = precision_autocast(dev, precision)
     with amp:
         return sample(
-            model,
+            sampling_model(model, solver),  # a two-time model through u(x, t, t) for an ODE solver
             n,
             shape,
             seed=seed,
@@ -110,6 +122,34 @@ def sample_images(
             device=device,
             progress=progress,
         )
+
+
+def sample_straightness(
+    model: nn.Module,
+    cfg: ImageRunConfig,
+    n: int,
+    shape: Sequence[int],
+    *,
+    solver: str | None = None,
+    nfe: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """fm_cli.method.sampler_straightness of the run's sampler (the defaults of :func:`sample_images`:
+    the run's solver, NFE and guidance, flow-map for a two-time model; balanced labels) on ``n``
+    trajectories of solver states (not decoded), in float32."""
+    if solver == FLOW_MAP or (solver is None and is_two_time(model)):
+        solver, nfe = flow_map_sampler(model, nfe)
+    solver = solver or cfg.solver
+    if nfe is None and solver not in ADAPTIVE_METHODS:
+        nfe = fit_nfe(solver, cfg.nfe)
+    guidance = cfg.guidance if guidance is None else float(guidance)
+    with torch.autocast(torch.device(device or "cpu").type, enabled=False):
+        return sampler_straightness(model, n, tuple(shape), solver=solver, nfe=nfe, seed=seed,
+                                    num_classes=cfg.num_classes,
+                                    classes=cfg.sample_classes if cfg.conditional else None, guidance=guidance,
+                                    device=device)  # fmt: skip
 
 
 def record_eval(run_dir: str | Path, res: SampleResult, scores: dict[str, Any], *, n: int, seed: int) -> Path:
@@ -141,6 +181,8 @@ def eval_line(res: SampleResult, scores: dict[str, Any], path: str | Path) -> st
         if m
         else ""
     )
+    st = scores.get("straightness")
+    acc += f", straightness {st['normalised']:.4f} (normalised, {st['n']} trajectories)" if st else ""
     return (
         f"FID {scores['fid']:.2f} ({scores['fid_n_samples']} samples vs {scores['fid_n_reference']} "
         f"{scores['fid_reference']}){pr}{acc}, classes present {cov['classes_present']}, "
