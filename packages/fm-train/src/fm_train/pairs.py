@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
-from .checkpoint import atomic_file, atomic_write_text
+from .checkpoint import atomic_file, atomic_write_text, read_json
 
 __all__ = ["MANIFEST_FILENAME", "PAIRS_FORMAT_VERSION", "PairStore"]
 
@@ -162,16 +162,9 @@ class PairStore:
     def read_manifest(self) -> dict[str, Any]:
         """The manifest, checked entry by entry (one-line ValueError naming the file otherwise)."""
         p = self.manifest_path
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ValueError(f"{p}: missing file (no pair store was begun in {self.path})") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"{p}: cannot read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-        try:
-            m = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+        if not p.exists():
+            raise ValueError(f"{p}: missing file (no pair store was begun in {self.path})")
+        m = read_json(p)  # unreadable, not JSON, not an object: a one-line CheckpointError (a ValueError)
         try:
             return self._check_manifest(m)
         except ValueError as e:
