@@ -150,6 +150,7 @@ def test_reflow_trains_on_pairs_kept_for_resume(runs, capsys, tmp_path):
     assert cfg["method"] == {"name": "reflow", "teacher": str(runs / "fm"), "pairs": 24, "teacher_solver": "midpoint",
                              "teacher_nfe": 4}  # fmt: skip
     assert cfg["pixel"]["guidance"] == 1.0  # the pairs carry the teacher's guidance
+    assert cfg["pixel"]["time"] == "u-shaped"  # reflow's default training times (the recipe's: logit-normal)
     manifest = json.loads((out / "reflow" / "manifest.json").read_text())
     assert manifest["n"] == 24
     chunks = sorted((out / "reflow").glob("chunk-*"))

@@ -86,6 +86,7 @@ def test_reflow_pairs_are_generated_once(runs, capsys, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["method"]["name"] == "reflow" and cfg["method"]["pairs"] == 200
     assert cfg["toy2d"]["target"] == "conditional" and cfg["toy2d"]["coupling"] == "independent"
+    assert cfg["toy2d"]["time"] == "u-shaped"  # reflow's default training times
     chunks = sorted((out / "reflow").glob("chunk-*"))
     assert chunks
     stamps = [(p.stat().st_mtime_ns, p.stat().st_ino) for p in chunks]
@@ -101,6 +102,15 @@ def test_reflow_pairs_are_generated_once(runs, capsys, tmp_path):
                            "--out", str(tmp_path / "s.npz")],
                           capsys)  # fmt: skip
     assert code == 0 and "euler, NFE 1" in stdout
+
+
+def test_reflow_time_flag_wins_over_its_default(runs, capsys, tmp_path):
+    out = tmp_path / "rf"
+    code, _, err = run(["train", "--cells", "4", "--conditional", "--method", "reflow", "--teacher", str(runs / "fm"),
+                        "--pairs", "64", "--teacher-nfe", "2", "--time", "uniform", "--steps", "1", "--out", str(out),
+                        *TINY], capsys)  # fmt: skip
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["toy2d"]["time"] == "uniform"
 
 
 def test_reflow_pairs_are_the_teachers_euler_endpoints(runs, tmp_path):

@@ -85,7 +85,7 @@ def test_train_config_cadence_and_lr_wording():
         ({"conditional": False}, "label_dropout=0.1 is invalid: must be 0 for an unconditional run"),
         ({"label_dropout": 0.0}, "guidance=2.0 is invalid: must be 1 when label_dropout is 0"),
         ({"guidance": float("nan")}, "guidance=nan is invalid: must be a finite number"),
-        ({"time": "stratified"}, "time='stratified' is invalid: must be one of uniform, logit-normal"),
+        ({"time": "stratified"}, "time='stratified' is invalid: must be one of uniform, logit-normal, u-shaped"),
         ({"classes": [42]}, "classes [42] out of range"),
         ({"colour": "red"}, "unknown run config key(s) colour"),
     ],

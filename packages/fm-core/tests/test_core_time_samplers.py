@@ -1,12 +1,15 @@
-"""Time samplers: range, distribution (KS test, logit-normal moments), one sample per stratum."""
+"""Time samplers: range, distribution (KS tests, logit-normal moments), one sample per stratum."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
-from scipy import stats
+from scipy import integrate, stats
 
-from fm_core import LogitNormalTime, StratifiedTime, TimeSampler, UniformTime, get_time_sampler
+from fm_core import LogitNormalTime, StratifiedTime, TimeSampler, UniformTime, UShapedTime, get_time_sampler
 
-SAMPLERS = [UniformTime(), LogitNormalTime(), LogitNormalTime(mean=-1.0, std=2.0), StratifiedTime()]
+SAMPLERS = [UniformTime(), LogitNormalTime(), LogitNormalTime(mean=-1.0, std=2.0), StratifiedTime(), UShapedTime()]
 IDS = [repr(s) for s in SAMPLERS]
 
 
@@ -68,11 +71,34 @@ def test_stratified_is_uniform_marginally():
     assert stats.kstest(first.double().numpy(), "uniform").pvalue > 1e-3
 
 
+@pytest.mark.parametrize("a", [0.5, 4.0, 12.0])
+def test_u_shaped_matches_its_cdf(a):
+    # p(t) = a (e^(a t) + e^(a (1 - t))) / (2 (e^a - 1)), integrated by hand:
+    # F(t) = (e^(a t) - 1 + e^a - e^(a (1 - t))) / (2 (e^a - 1))
+    def cdf(t):
+        return (np.expm1(a * t) + math.exp(a) - np.exp(a * (1.0 - t))) / (2.0 * math.expm1(a))
+
+    t = UShapedTime(a)(20000, generator=torch.Generator().manual_seed(2)).double().numpy()
+    assert stats.kstest(t, cdf).pvalue > 1e-3
+    assert abs(t.mean() - 0.5) < 0.01  # symmetric about 1/2
+
+    # the mass near the ends and in the middle, against the density integrated numerically
+    def pdf(x):
+        return a * (math.exp(a * x) + math.exp(a * (1.0 - x))) / (2.0 * math.expm1(a))
+
+    ends = 2 * integrate.quad(pdf, 0.0, 0.05)[0]
+    middle = integrate.quad(pdf, 0.45, 0.55)[0]
+    assert ((t < 0.05) | (t > 0.95)).mean() == pytest.approx(ends, abs=4 * math.sqrt(ends / 20000))
+    assert (np.abs(t - 0.5) < 0.05).mean() == pytest.approx(middle, abs=4 * math.sqrt(middle / 20000))
+    assert pdf(0.0) / pdf(0.5) == pytest.approx(math.cosh(a / 2))  # as the docstring says
+
+
 def test_get_time_sampler():
     assert isinstance(get_time_sampler("uniform"), UniformTime)
     s = get_time_sampler("logit-normal", mean=0.3, std=0.5)
     assert isinstance(s, LogitNormalTime) and (s.mean, s.std) == (0.3, 0.5)
     assert isinstance(get_time_sampler("stratified"), StratifiedTime)
+    assert get_time_sampler("u-shaped", a=2.0).a == 2.0
     assert isinstance(get_time_sampler("logit_normal"), TimeSampler)
 
 
@@ -82,6 +108,8 @@ def test_get_time_sampler():
         (lambda: get_time_sampler("beta"), "beta"),
         (lambda: get_time_sampler("uniform", std=1.0), "std"),
         (lambda: LogitNormalTime(std=0.0), "std"),
+        (lambda: UShapedTime(a=0.0), "u-shaped"),
+        (lambda: UShapedTime(a=float("nan")), "u-shaped"),
         (lambda: UniformTime()(-1), "-1"),
         (lambda: StratifiedTime()(2.5), "2.5"),
     ],

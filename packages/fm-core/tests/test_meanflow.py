@@ -128,6 +128,30 @@ def test_jvp_matches_central_differences():
     assert torch.allclose(target, v + (t - r)[:, None] * fd, atol=1e-7)
 
 
+@pytest.mark.parametrize("moving", [0, 5, 12], ids=["all r=t", "mixed", "all r<t"])
+def test_loss_on_mixed_rows_matches_finite_differences(moving):
+    """Rows with r = t and r < t in one batch (the loss takes the JVP on the r < t rows only): the
+    loss equals sum ||u - target||^2 / rows with target = v where r = t and v + (t - r) du by central
+    differences where r < t (float64, no adaptive weight)."""
+    torch.manual_seed(1)
+    net = TwoTimeMLP(num_classes=3).double()
+    g = torch.Generator().manual_seed(5)
+    x1 = torch.randn(12, 2, generator=g, dtype=torch.float64) + 1
+    x0 = torch.randn(12, 2, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (12,), generator=g)
+    t = torch.rand(12, generator=g, dtype=torch.float64) * 0.9 + 0.1
+    r = t.clone()
+    r[:moving] = t[:moving] * torch.rand(moving, generator=g, dtype=torch.float64)
+    loss = MeanFlowLoss(adaptive_p=0.0, num_classes=3)(net, x1, y, x0=x0, r=r, t=t)
+    z, v = (1 - r)[:, None] * x0 + r[:, None] * x1, x1 - x0  # the CondOT path at the smaller time r
+    eps = 1e-6
+    with torch.no_grad():
+        du = (net(z + eps * v, r + eps, t, y) - net(z - eps * v, r - eps, t, y)) / (2 * eps)
+        target = v + (t - r)[:, None] * du
+        expected = (net(z, r, t, y) - target).pow(2).sum(1).mean()
+    assert torch.allclose(loss.detach(), expected, rtol=1e-8, atol=1e-12)
+
+
 def test_loss_with_r_equal_t_is_the_flow_matching_loss():
     """equal_fraction=1 and no adaptive weight: every row has r = t, the target is the conditional
     velocity, so the loss is FlowMatchingLoss's (a mean over entries) times the entries per sample."""

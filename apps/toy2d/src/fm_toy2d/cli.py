@@ -47,7 +47,7 @@ from fm_cli import add_version, argtypes, flags, run_cli
 from fm_cli.method import FLOW_MAP, resolve_run_sampler, run_is_two_time
 
 from .cli_train import cmd_demo, cmd_train
-from .config import MAX_DIM, MAX_GRID
+from .config import MAX_DIM, MAX_GRID, TIMES
 
 __all__ = ["build_parser", "cmd_demo", "cmd_eval", "cmd_sample", "cmd_train", "main"]
 
@@ -109,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--time",
-        choices=("uniform", "logit-normal"),
+        choices=TIMES,
         default=None,
-        help="training-time distribution (default: the recipe's)",
+        help="training-time distribution; u-shaped weights both ends, for reflow students (default: the "
+        "recipe's, u-shaped for --method reflow)",
     )
     t.add_argument("--target", choices=("conditional", "batch-marginal"), default=None,
                    help="regression target: the conditional velocity, or its posterior mean over the batch "

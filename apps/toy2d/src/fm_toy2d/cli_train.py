@@ -79,7 +79,8 @@ def _check_nf(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
 def _method_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
     """What ``--method meanflow|reflow`` changes in a new run's config: the conditional target (MeanFlow's
     own target is built on it; reflow's pairs are coupled, so the batch's points are no posterior), and
-    for reflow the independent coupling (the pairs are the coupling)."""
+    for reflow the independent coupling (the pairs are the coupling) and, unless ``--time``, U-shaped
+    training times (fm_cli.method.REFLOW_TIME)."""
     method = getattr(args, "method", None)
     if method in (None, "fm"):
         return {}
@@ -89,7 +90,11 @@ def _method_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         )
     if method == "reflow" and args.coupling == "ot":
         parser.error("--coupling ot does not apply to --method reflow (the teacher's pairs are the coupling)")
-    return {"target": "conditional", **({"coupling": "independent"} if method == "reflow" else {})}
+    if method == "meanflow":
+        return {"target": "conditional"}
+    from fm_cli.method import REFLOW_TIME
+
+    return {"target": "conditional", "coupling": "independent", **({"time": REFLOW_TIME} if args.time is None else {})}
 
 
 def _new_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Any, Any]:

@@ -51,7 +51,7 @@ MODELS = ("fm", "nf")
 RECIPE_NAMES = ("default", "post")
 COUPLINGS = ("independent", "ot")
 TARGETS = ("conditional", "batch-marginal")
-TIMES = ("uniform", "logit-normal")
+TIMES = ("uniform", "logit-normal", "u-shaped")
 SOLVERS = ("euler", "midpoint", "heun", "rk4")
 #: Checkerboard cells per axis and dimensions at most (--cells, --dim and config.json alike).
 MAX_GRID = 1000

@@ -35,6 +35,7 @@ __all__ = [
     "METHODS",
     "METHOD_FLAGS",
     "REFLOW_DIR",
+    "REFLOW_TIME",
     "STRAIGHTNESS_N",
     "TEACHER_SOLVERS",
     "MethodConfig",
@@ -65,6 +66,9 @@ DEFAULT_FLOW_MAP_NFE = 1
 #: How a reflow teacher integrates its pairs unless --teacher-solver / --teacher-nfe say otherwise.
 DEFAULT_TEACHER_SOLVER, DEFAULT_TEACHER_NFE = "midpoint", 16
 TEACHER_SOLVERS = ("euler", "midpoint", "heun", "rk4")
+#: The training-time distribution of a reflow run unless --time says otherwise: U-shaped (Lee, Lin and Fanti
+#: 2024), which weights t near 0, where a one-step sample's velocity is learnt (fm_core.UShapedTime).
+REFLOW_TIME = "u-shaped"
 #: Where a reflow run keeps its teacher's pairs (fm_cli.reflow, a fm_train.pairs.PairStore).
 REFLOW_DIR = "reflow"
 
@@ -334,15 +338,17 @@ def method_for_command(
 
 def method_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
     """Config overrides a new run's ``--method`` implies: reflow learns pairs that carry its teacher's
-    guidance, so its own default guidance is 1 (unless ``--guidance``); its coupling must be independent
-    (``--coupling ot`` is a usage error: the pairs are the coupling)."""
+    guidance, so its own default guidance is 1 (unless ``--guidance``); it trains with
+    :data:`REFLOW_TIME` times unless ``--time``; its coupling must be independent (``--coupling ot`` is a
+    usage error: the pairs are the coupling)."""
     if getattr(args, "method", None) != "reflow":
         return {}
     if getattr(args, "coupling", None) not in (None, "independent"):
         parser.error(
             f"--coupling {args.coupling} does not apply to --method reflow (the teacher's pairs are the coupling)"
         )
-    return {"guidance": 1.0} if getattr(args, "guidance", None) is None else {}
+    over: dict[str, Any] = {} if getattr(args, "guidance", None) is not None else {"guidance": 1.0}
+    return over if getattr(args, "time", None) is not None else {**over, "time": REFLOW_TIME}
 
 
 def resolve_run_sampler(

@@ -60,10 +60,11 @@ from .time_samplers import (
     StratifiedTime,
     TimeSampler,
     UniformTime,
+    UShapedTime,
     get_time_sampler,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     # the model signature
@@ -86,6 +87,7 @@ __all__ = [
     "UniformTime",
     "LogitNormalTime",
     "StratifiedTime",
+    "UShapedTime",
     "TIME_SAMPLERS",
     "get_time_sampler",
     # couplings

@@ -38,6 +38,7 @@ regression's minimiser is unchanged). The loss is the paper's adaptively weighte
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -123,10 +124,29 @@ def meanflow_target(
     def u_of(z_: Tensor, r_: Tensor, t_: Tensor) -> Tensor:
         return call_average_velocity(model, z_, r_, t_, y_)
 
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch's first forward-mode call loads its JVP decompositions through the deprecated
+        # torch.jit.script and warns about it (torch's own code, once per process): not the user's concern
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
         u, du = torch.func.jvp(u_of, (z, r, t), (v, torch.ones_like(r), torch.zeros_like(t)))  # type: ignore[misc]
         target = v + _expand(t - r, v) * du
     return u.detach(), target.detach()
+
+
+def _target_where_moving(
+    model: Callable[..., Tensor], z: Tensor, r: Tensor, t: Tensor, v: Tensor, y: Tensor | None
+) -> Tensor:
+    """The MeanFlow target of every row, the JVP taken only on the rows with r < t: where r = t the
+    target is v itself ((t - r) times the derivative is 0), so with the default 75% of rows at r = t
+    this saves most of the JVP's cost (about a third of a training step)."""
+    moving = t > r
+    if bool(moving.all()):
+        return meanflow_target(model, z, r, t, v, y)[1]
+    idx = moving.nonzero(as_tuple=True)[0]
+    if idx.numel() == 0:
+        return v
+    _, sub = meanflow_target(model, z[idx], r[idx], t[idx], v[idx], None if y is None else y[idx])
+    return v.index_copy(0, idx, sub)
 
 
 def _times(
@@ -259,7 +279,7 @@ class MeanFlowLoss:
                 u_null = call_average_velocity(plain, z, r, r, null)
             guided = self.guidance * v + (1.0 - self.guidance) * u_null
             v = torch.where(_expand(y != self.num_classes, v), guided, v).detach()
-        _, target = meanflow_target(plain, z, r, t, v, y)
+        target = _target_where_moving(plain, z, r, t, v, y)
         u = call_average_velocity(model, z, r, t, y)  # through the wrapper: DDP synchronises this gradient
         if not torch.is_tensor(u) or u.shape != z.shape:
             shape = tuple(u.shape) if torch.is_tensor(u) else type(u).__name__

@@ -5,10 +5,13 @@ With a generator the draw happens on the generator's device (so a CPU generator 
 numbers whatever ``device`` is) and is then moved to ``device``.
 
 References: logit-normal: Esser et al., "Scaling Rectified Flow Transformers" (SD3, 2024), sec. 3.1;
-stratified: Kingma et al., "Variational Diffusion Models" (2021), low-discrepancy sampler.
+stratified: Kingma et al., "Variational Diffusion Models" (2021), low-discrepancy sampler;
+u-shaped: Lee, Lin and Fanti, "Improving the Training of Rectified Flows" (2024), sec. 4.1.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -20,6 +23,7 @@ __all__ = [
     "UniformTime",
     "LogitNormalTime",
     "StratifiedTime",
+    "UShapedTime",
     "TIME_SAMPLERS",
     "get_time_sampler",
 ]
@@ -90,15 +94,38 @@ class StratifiedTime(TimeSampler):
         return t if device is None else t.to(device)
 
 
-TIME_SAMPLERS = ("uniform", "logit-normal", "stratified")
+class UShapedTime(TimeSampler):
+    """U-shaped: density p(t) = a (e^(a t) + e^(a (1 - t))) / (2 (e^a - 1)) on [0, 1], symmetric about
+    1/2 and cosh(a / 2) times denser at t = 0 and 1 than at t = 1/2 (a = 4: 3.8x).
+    Drawn as the inverse CDF of the exponential half, t = log(1 + u (e^a - 1)) / a, mirrored to 1 - t
+    with probability 1/2. For reflow (one-round rectified flow) students, whose one-step sample is
+    decided at t = 0, where the straight-pair velocity is hardest to learn."""
+
+    def __init__(self, a: float = 4.0) -> None:
+        a = float(a)
+        if not 0.0 < a <= 50.0:
+            raise ValueError(f"u-shaped scale a must be in (0, 50], got {a!r}")
+        self.a = a
+
+    def __call__(self, n, *, device=None, generator=None) -> Tensor:
+        n = _check_n(n)
+        u = _rand("rand", 2 * n, device, generator)
+        u = u if u.device.type == "mps" else u.to(torch.float64)  # MPS has no float64
+        t = torch.log1p(u[:n] * math.expm1(self.a)) / self.a
+        t = torch.where(u[n:] < 0.5, t, 1.0 - t)
+        return t.to(torch.float32).clamp(0.0, 1.0)
+
+
+TIME_SAMPLERS = ("uniform", "logit-normal", "stratified", "u-shaped")
 _TIME_SAMPLER_TABLE = {
     "uniform": UniformTime,
     "logit-normal": LogitNormalTime,
     "logitnormal": LogitNormalTime,
     "stratified": StratifiedTime,
+    "u-shaped": UShapedTime,
 }
 
 
 def get_time_sampler(name: str, **kw) -> TimeSampler:
-    """Build a time sampler by name: "uniform", "logit-normal" (mean, std), "stratified"."""
+    """Build a time sampler by name: "uniform", "logit-normal" (mean, std), "stratified", "u-shaped" (a)."""
     return build_from_registry("time sampler", name, _TIME_SAMPLER_TABLE, TIME_SAMPLERS, kw)

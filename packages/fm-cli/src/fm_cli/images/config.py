@@ -47,7 +47,7 @@ __all__ = [
 
 #: The layout of config.json that this version writes and reads (fm-pixel and fm-latentgen 0.2.0).
 CONFIG_LAYOUT = 2
-TIMES = ("uniform", "logit-normal")
+TIMES = ("uniform", "logit-normal", "u-shaped")
 COUPLINGS = ("independent", "ot")  # ot: exact minibatch OT within each class
 SOLVERS = FIXED_METHODS  # a run's default solver (sample/eval also take the adaptive dopri5)
 
