@@ -49,6 +49,33 @@ def test_meanflow_run_is_stored_two_time(runs):
     assert json.loads((runs / "fm" / "config.json").read_text())["method"] == {"name": "fm"}
 
 
+def test_train_guidance_is_stored_and_sampling_defaults_to_guidance_1(runs, tmp_path, capsys):
+    out = tmp_path / "g"
+    code, _, err = run(["train", *COND, "--steps", "1", "--method", "meanflow", "--train-guidance", "2",
+                        "--out", str(out), *TINY], capsys)  # fmt: skip
+    assert code == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["method"] == {"name": "meanflow", "train_guidance": 2.0}
+    assert cfg["pixel"]["guidance"] == 1.0  # the guidance is in the network: one evaluation per step
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--dataset", "mnist", "--classes", "3,5"], "--train-guidance needs --conditional"),
+        ([*COND, "--label-dropout", "0"], "--train-guidance needs --label-dropout > 0"),
+        ([*COND, "--method", "fm"], "--train-guidance only with --method meanflow"),
+        ([*COND, "--train-guidance", "0.5"], "a guidance scale in [1, 100]"),
+    ],
+)
+def test_train_guidance_usage_errors(extra, needle, capsys, tmp_path):
+    argv = ["train", "--steps", "1", "--method", "meanflow", "--train-guidance", "2", *extra, "--out",
+            str(tmp_path / "r"), *TINY]  # fmt: skip
+    code, _, err = run(argv, capsys)
+    assert code == 2 and needle in err, err
+    assert not (tmp_path / "r" / "config.json").exists()
+
+
 @pytest.mark.parametrize("nfe", [1, 2])
 def test_meanflow_samples_at_nfe_1_and_2(runs, tmp_path, capsys, nfe):
     out = tmp_path / "s.npz"

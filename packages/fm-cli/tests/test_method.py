@@ -40,11 +40,24 @@ def test_a_config_without_method_is_flow_matching():
         ({"name": "reflow"}, "method.teacher"),
         ({"name": "meanflow", "equal_fraction": 1.5}, "method.equal_fraction"),
         ({"name": "reflow", "teacher": "r", "teacher_solver": "dopri5"}, "method.teacher_solver"),
+        ({"name": "reflow", "teacher": "r", "train_guidance": 2.0}, "method.train_guidance"),
+        ({"name": "meanflow", "train_guidance": 0.5}, "method.train_guidance"),
+        ({"name": "meanflow", "train_guidance": float("inf")}, "method.train_guidance"),
     ],
 )
 def test_method_config_refuses_what_another_method_owns(fields, bad):
     with pytest.raises(ValueError, match=bad):
         MethodConfig(**fields)
+
+
+def test_train_guidance_goes_to_the_meanflow_loss():
+    from fm_cli.method import method_loss
+
+    fn = method_loss(MethodConfig(name="meanflow", train_guidance=2.5), label_dropout=0.1, num_classes=3)
+    assert fn.loss.guidance == 2.5
+    assert method_loss(MethodConfig(name="meanflow"), label_dropout=0.1, num_classes=3).loss.guidance is None
+    m = read_method({"method": {"name": "meanflow", "train_guidance": 2.5}})
+    assert m.to_dict() == {"name": "meanflow", "train_guidance": 2.5}
 
 
 def test_method_entry_keeps_old_runs_as_they_were(tmp_path):

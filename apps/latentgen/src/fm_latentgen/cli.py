@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--latents", type=argtypes.nonempty_path, default=None,
                    help="directory written by encode (required unless --resume)")  # fmt: skip
-    flags.add_method(t, pairs_default=REFLOW_PAIRS)
+    flags.add_method(t, pairs_default=REFLOW_PAIRS, train_guidance=True)
     adv.add_argument("--dit", choices=("tiny", "small"), default=None, help="DiT size (default: tiny)")
     adv.add_argument("--patch-size", type=argtypes.int_at_least(1, "a positive integer", 64), default=None,
                      help="DiT patch size (default: 2 for 8x8 latents and up, else 1)")  # fmt: skip

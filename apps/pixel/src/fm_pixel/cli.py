@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="velocity network: unet, mlp or dit (fm_nets.DiT, 2x2 patches) (default: the recipe's, unet)",
     )
     flags.add_data_dir(t)
-    flags.add_method(t, pairs_default=REFLOW_PAIRS)
+    flags.add_method(t, pairs_default=REFLOW_PAIRS, train_guidance=True)
     # fmt: off
     adv.add_argument("--recipe", choices=tuple(RECIPES), default=None,
                      help="default | mit (MIT 6.S184 lab) | post (blog post MLP) (default: default)")

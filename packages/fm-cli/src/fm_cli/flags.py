@@ -368,20 +368,28 @@ def guidance_problem(
     return None
 
 
-def add_method(p: Parser, *, pairs_default: int) -> list[argparse.Action]:
+def add_method(p: Parser, *, pairs_default: int, train_guidance: bool = False) -> list[argparse.Action]:
     """``--method fm|meanflow|reflow`` (default fm; a resumed run keeps its own) and the flags of each method:
-    meanflow ``--equal-fraction``, ``--init-from RUN``; reflow ``--teacher RUN``, ``--pairs`` (default
-    ``pairs_default``), ``--teacher-solver``, ``--teacher-nfe``, ``--from-scratch``. Resolve and check them
-    with :func:`fm_cli.method.method_for_command`."""
+    meanflow ``--equal-fraction``, ``--init-from RUN`` (and ``--train-guidance W`` when ``train_guidance``:
+    apps with classifier-free guidance); reflow ``--teacher RUN``, ``--pairs`` (default ``pairs_default``),
+    ``--teacher-solver``, ``--teacher-nfe``, ``--from-scratch``. Resolve and check them with
+    :func:`fm_cli.method.method_for_command`."""
     from .argtypes import count_int as pairs_int
     from .argtypes import float_in
     from .argtypes import nfe_int as teacher_nfe_int
-    from .method import DEFAULT_TEACHER_NFE, DEFAULT_TEACHER_SOLVER, METHODS, TEACHER_SOLVERS
+    from .method import DEFAULT_TEACHER_NFE, DEFAULT_TEACHER_SOLVER, MAX_TRAIN_GUIDANCE, METHODS, TEACHER_SOLVERS
 
     share = float_in(0.0, 1.0, "a number in [0, 1]", high_open=False)
 
     g = p.add_argument_group("method (fm: flow matching; meanflow, reflow: one- and few-step sampling)")
-    return [
+    extra = []
+    if train_guidance:
+        scale = float_in(1.0, MAX_TRAIN_GUIDANCE, f"a guidance scale in [1, {MAX_TRAIN_GUIDANCE:g}]", high_open=False)
+        extra.append(g.add_argument(
+            "--train-guidance", type=scale, default=None, metavar="W",
+            help="meanflow, conditional: classifier-free guidance W built into the training target (Geng et al. "
+            "2025), so one flow-map step samples guided; the run then samples at guidance 1 (default: none)"))  # fmt: skip
+    return extra + [
         g.add_argument("--method", choices=METHODS, default=None,
                        help="fm: flow matching; meanflow: a two-time network (MeanFlow) that samples in 1-2 steps "
                        "with --solver flow-map; reflow: flow matching on the noise-sample pairs of --teacher "

@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_TEACHER_NFE",
     "DEFAULT_TEACHER_SOLVER",
     "FLOW_MAP",
+    "MAX_TRAIN_GUIDANCE",
     "METHODS",
     "METHOD_FLAGS",
     "REFLOW_DIR",
@@ -66,6 +67,8 @@ DEFAULT_FLOW_MAP_NFE = 1
 #: How a reflow teacher integrates its pairs unless --teacher-solver / --teacher-nfe say otherwise.
 DEFAULT_TEACHER_SOLVER, DEFAULT_TEACHER_NFE = "midpoint", 16
 TEACHER_SOLVERS = ("euler", "midpoint", "heun", "rk4")
+#: The largest --train-guidance (a sanity bound: the paper's best scales are 1-3).
+MAX_TRAIN_GUIDANCE = 100.0
 #: The training-time distribution of a reflow run unless --time says otherwise: U-shaped (Lee, Lin and Fanti
 #: 2024), which weights t near 0, where a one-step sample's velocity is learnt (fm_core.UShapedTime).
 REFLOW_TIME = "u-shaped"
@@ -82,6 +85,7 @@ METHOD_FLAGS = {
     "teacher_solver": "reflow",
     "teacher_nfe": "reflow",
     "from_scratch": "reflow",
+    "train_guidance": "meanflow",
 }
 
 
@@ -90,7 +94,9 @@ class MethodConfig(StrictConfig):
     """The training method of a run, as ``RUN/config.json`` stores it under ``"method"``.
 
     name: fm, meanflow or reflow. meanflow: ``equal_fraction`` (share of rows with r = t; None: the
-    loss's default), ``init_from`` (a flow-matching run whose EMA weights start the network, or None).
+    loss's default), ``init_from`` (a flow-matching run whose EMA weights start the network, or None),
+    ``train_guidance`` (classifier-free guidance scale built into the target, MeanFlow's guidance in
+    training: the run then samples guided at guidance 1, one evaluation a step; None: none).
     reflow: ``teacher`` (the run whose pairs are learnt), ``pairs`` (how many), ``teacher_solver`` and
     ``teacher_nfe`` (how the teacher integrates them), ``from_scratch`` (do not start from the teacher's weights).
     """
@@ -103,6 +109,7 @@ class MethodConfig(StrictConfig):
     teacher_solver: str | None = None
     teacher_nfe: int | None = None
     from_scratch: bool = False
+    train_guidance: float | None = None
 
     _field_prefix: ClassVar[str] = "method."
     _config_label: ClassVar[str] = "method"
@@ -110,6 +117,7 @@ class MethodConfig(StrictConfig):
     def validate(self) -> None:
         self._check_choice("name", METHODS)
         self._check_real("equal_fraction", 0, 1, optional=True)
+        self._check_real("train_guidance", 1, MAX_TRAIN_GUIDANCE, optional=True)
         self._check_bool("from_scratch")
         self._check_int("pairs", 1, optional=True)
         self._check_int("teacher_nfe", 1, optional=True)
@@ -299,6 +307,7 @@ def _from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, pairs_
             teacher_solver=solver,
             teacher_nfe=nfe,
             from_scratch=bool(getattr(args, "from_scratch", False)),
+            train_guidance=getattr(args, "train_guidance", None),
         )
     except ValueError as e:
         parser.error(str(e))
@@ -337,10 +346,13 @@ def method_for_command(
 
 
 def method_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
-    """Config overrides a new run's ``--method`` implies: reflow learns pairs that carry its teacher's
-    guidance, so its own default guidance is 1 (unless ``--guidance``); it trains with
-    :data:`REFLOW_TIME` times unless ``--time``; its coupling must be independent (``--coupling ot`` is a
-    usage error: the pairs are the coupling)."""
+    """Config overrides a new run's ``--method`` implies: a meanflow run with ``--train-guidance`` samples
+    at guidance 1 unless ``--guidance`` (and must be conditional, with label dropout); reflow learns pairs
+    that carry its teacher's guidance, so its own default guidance is 1 (unless ``--guidance``); it trains
+    with :data:`REFLOW_TIME` times unless ``--time``; its coupling must be independent (``--coupling ot``
+    is a usage error: the pairs are the coupling)."""
+    if getattr(args, "method", None) == "meanflow":
+        return _train_guidance_overrides(parser, args)
     if getattr(args, "method", None) != "reflow":
         return {}
     if getattr(args, "coupling", None) not in (None, "independent"):
@@ -349,6 +361,18 @@ def method_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         )
     over: dict[str, Any] = {} if getattr(args, "guidance", None) is not None else {"guidance": 1.0}
     return over if getattr(args, "time", None) is not None else {**over, "time": REFLOW_TIME}
+
+
+def _train_guidance_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """``--train-guidance`` (meanflow): a conditional run with label dropout (the null label is trained),
+    sampled at guidance 1 unless ``--guidance`` (the guidance is in the network)."""
+    if getattr(args, "train_guidance", None) is None or getattr(args, "method", None) != "meanflow":
+        return {}
+    if not getattr(args, "conditional", False):
+        parser.error("--train-guidance needs --conditional (classifier-free guidance of a class-conditional run)")
+    if getattr(args, "label_dropout", None) == 0:
+        parser.error("--train-guidance needs --label-dropout > 0 (the null label it guides from is learnt by dropout)")
+    return {} if getattr(args, "guidance", None) is not None else {"guidance": 1.0}
 
 
 def resolve_run_sampler(
@@ -384,6 +408,8 @@ def method_loss(method: MethodConfig, **loss_kwargs: Any) -> Callable[..., Any]:
 
     if method.two_time:
         extra: dict[str, Any] = {} if method.equal_fraction is None else {"equal_fraction": method.equal_fraction}
+        if method.train_guidance is not None:
+            extra["guidance"] = method.train_guidance
         loss: Any = MeanFlowLoss(**loss_kwargs, **extra)
     else:
         loss = FlowMatchingLoss(**loss_kwargs)
