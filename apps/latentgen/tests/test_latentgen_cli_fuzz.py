@@ -70,7 +70,7 @@ FLAGS = {
         "--solver": set(), "--nfe": set(), "--guidance": ANY_FINITE, "--sample-every": set(), "--dit": set(),
         "--patch-size": set(), "--hidden": set(), "--depth": set(), "--heads": set(), "--log": set(),
         "--precision": set(), "--method": set(), "--equal-fraction": {"0"}, "--init-from": set(), "--teacher": set(),
-        "--pairs": set(), "--teacher-solver": set(), "--teacher-nfe": set(),
+        "--pairs": set(), "--teacher-solver": set(), "--teacher-nfe": set(), "--train-guidance": {"2.5"},
     },
     "sample": {
         "--run": set(), "--n": set(), "--solver": set(), "--nfe": set(), "--guidance": ANY_FINITE,
@@ -85,7 +85,7 @@ FLAGS = {
 
 
 #: the method flags apply only with their --method (fm_cli.flags.add_method)
-MEANFLOW_ONLY = ("--equal-fraction", "--init-from")
+MEANFLOW_ONLY = ("--equal-fraction", "--init-from", "--train-guidance")
 REFLOW_ONLY = ("--teacher", "--pairs", "--teacher-solver", "--teacher-nfe")
 
 

@@ -55,7 +55,7 @@ FLAGS = {
         "--res-blocks": set(), "--patch-size": set(), "--hidden": set(), "--depth": {"0"}, "--solver": set(),
         "--nfe": set(), "--guidance": ANY_FINITE, "--sample-every": set(), "--threads": set(), "--log": set(),
         "--precision": set(), "--method": set(), "--equal-fraction": {"0"}, "--init-from": PATH_TO_NOWHERE,
-        "--teacher": PATH_TO_NOWHERE, "--pairs": set(), "--teacher-solver": set(), "--teacher-nfe": set(),
+        "--teacher": PATH_TO_NOWHERE, "--pairs": set(), "--teacher-solver": set(), "--teacher-nfe": set(), "--train-guidance": {"2.5"},
     },
     "sample": {
         "--run": PATH_TO_NOWHERE, "--n": set(), "--solver": set(), "--nfe": set(), "--guidance": ANY_FINITE,
@@ -71,7 +71,7 @@ MLP_ONLY = ("--hidden", "--depth")
 
 
 #: the method flags apply only with their --method (fm_cli.flags.add_method)
-MEANFLOW_ONLY = ("--equal-fraction", "--init-from")
+MEANFLOW_ONLY = ("--equal-fraction", "--init-from", "--train-guidance")
 REFLOW_ONLY = ("--teacher", "--pairs", "--teacher-solver", "--teacher-nfe")
 
 
