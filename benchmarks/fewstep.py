@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fm_cli.method import MethodConfig
+from fm_cli.method import REFLOW_TIME, MethodConfig
 from fm_core import draw_source, sample
 from fm_eval.metrics2d import checkerboard_quality
 from fm_toy2d.config import make_config
@@ -181,12 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[2] reflow: {args.pairs:,} pairs (midpoint NFE {args.teacher_nfe}), then the student", flush=True)
     reflow = MethodConfig(name="reflow", teacher=str(teacher), pairs=args.pairs, teacher_solver="midpoint",
                           teacher_nfe=args.teacher_nfe)  # fmt: skip
-    rcfg = cfg(1.0, time="u-shaped")
+    rcfg = cfg(1.0, time=REFLOW_TIME)
     t0 = time.perf_counter()
     reflow_batches(build_model(rcfg, two_time=False), rcfg, reflow, root / "reflow")  # the pairs, into reflow/
     t_pairs = time.perf_counter() - t0
     left = (budget_s - t_teacher - t_pairs) / 60.0
-    res = train(cfg(left, time="u-shaped"), root / "reflow", method=reflow, progress=True)
+    res = train(cfg(left, time=REFLOW_TIME), root / "reflow", method=reflow, progress=True)
     runs.append(("reflow (1 round)", str(root / "reflow"), t_teacher + t_pairs + res.seconds, res.steps))
 
     print("[3] MeanFlow fine-tuned from the teacher", flush=True)

@@ -366,7 +366,7 @@ def method_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 def _train_guidance_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
     """``--train-guidance`` (meanflow): a conditional run with label dropout (the null label is trained),
     sampled at guidance 1 unless ``--guidance`` (the guidance is in the network)."""
-    if getattr(args, "train_guidance", None) is None or getattr(args, "method", None) != "meanflow":
+    if getattr(args, "train_guidance", None) is None:
         return {}
     if not getattr(args, "conditional", False):
         parser.error("--train-guidance needs --conditional (classifier-free guidance of a class-conditional run)")
