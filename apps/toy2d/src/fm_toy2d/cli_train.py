@@ -79,8 +79,10 @@ def _check_nf(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None
 def _method_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
     """What ``--method meanflow|reflow`` changes in a new run's config: the conditional target (MeanFlow's
     own target is built on it; reflow's pairs are coupled, so the batch's points are no posterior), and
-    for reflow the independent coupling (the pairs are the coupling) and, unless ``--time``, U-shaped
-    training times (fm_cli.method.REFLOW_TIME)."""
+    for reflow the independent coupling (the pairs are the coupling) and fm_cli.method.method_overrides'
+    rules (``--coupling ot`` refused; U-shaped training times unless ``--time``)."""
+    from fm_cli.method import method_overrides
+
     method = getattr(args, "method", None)
     if method in (None, "fm"):
         return {}
@@ -88,13 +90,9 @@ def _method_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(
             f"--target batch-marginal does not apply to --method {method} (it trains on the conditional target)"
         )
-    if method == "reflow" and args.coupling == "ot":
-        parser.error("--coupling ot does not apply to --method reflow (the teacher's pairs are the coupling)")
-    if method == "meanflow":
-        return {"target": "conditional"}
-    from fm_cli.method import REFLOW_TIME
-
-    return {"target": "conditional", "coupling": "independent", **({"time": REFLOW_TIME} if args.time is None else {})}
+    over = method_overrides(parser, args)
+    over.pop("guidance", None)  # toy runs train without label dropout: they sample at guidance 1 anyway
+    return {"target": "conditional", **({"coupling": "independent"} if method == "reflow" else {}), **over}
 
 
 def _new_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Any, Any]:
