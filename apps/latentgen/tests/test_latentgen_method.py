@@ -97,12 +97,24 @@ def test_eval_reports_straightness(runs, capsys):
     assert rec["straightness"]["solver"] == "flow-map" and rec["straightness"]["value"] >= 0
 
 
+def test_distill_starts_at_zero_loss_on_r_equal_t_rows(runs, capsys, tmp_path):
+    """--distill with every row at r = t from the teacher's weights: u(z, r, r) = v_teacher(z, r), loss 0."""
+    code, _, err = run(["train", "--latents", str(runs / "lat"), "--conditional", "--classes", "3,5", "--steps", "2",
+                        *TINY_DIT, "--method", "meanflow", "--init-from", str(runs / "fm"), "--distill",
+                        "--equal-fraction", "1", "--out", str(tmp_path / "d")], capsys)  # fmt: skip
+    assert code == 0, err
+    assert float((tmp_path / "d" / "loss.csv").read_text().splitlines()[-1].split(",")[1]) == 0.0
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["method"]["distill"] is True
+
+
 def test_bad_method_combinations_exit_2(runs, capsys, tmp_path):
     base = ["train", "--latents", str(runs / "lat"), "--steps", "1", "--out", str(tmp_path / "r")]
     code, _, err = run([*base, "--teacher", str(runs / "fm")], capsys)
     assert code == 2 and "--teacher only with --method reflow" in err
     code, _, err = run([*base, "--method", "meanflow", "--init-from", str(runs / "mf")], capsys)
     assert code == 2 and "is a two-time (meanflow) run" in err
+    code, _, err = run([*base, "--method", "meanflow", "--distill"], capsys)
+    assert code == 2 and "--distill needs --init-from" in err
     code, _, err = run(["sample", "--run", str(runs / "rf"), "--n", "2", "--solver", "flow-map",
                         "--out", str(tmp_path / "s.npz")], capsys)  # fmt: skip
     assert code == 2 and "--solver flow-map needs a two-time run" in err

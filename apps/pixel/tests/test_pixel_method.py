@@ -123,6 +123,24 @@ def test_init_from_trains(runs, capsys, tmp_path):
         assert im.size[1] == 2 * (6 * 30 + 2) + CAPTION_HEIGHT and im.size[0] > 2 * (8 * 30 + 2)
 
 
+def test_distill_starts_at_zero_loss_on_r_equal_t_rows(runs, capsys, tmp_path):
+    """--distill: the target is the teacher's velocity. With every row at r = t and the student starting
+    from the teacher's weights, u(z, r, r) = v_teacher(z, r) row for row, so the loss is exactly 0 (no
+    gradient, so it stays 0); the conditional velocity's target leaves a loss near 1 (adaptive weight)."""
+    common = ["train", *COND, "--steps", "2", "--method", "meanflow", "--init-from", str(runs / "fm"),
+              "--equal-fraction", "1", *TINY]  # fmt: skip
+    losses = {}
+    for name, extra in (("d", ["--distill"]), ("c", [])):
+        code, _, err = run([*common, "--out", str(tmp_path / name), *extra], capsys)
+        assert code == 0, err
+        losses[name] = float((tmp_path / name / "loss.csv").read_text().splitlines()[-1].split(",")[1])
+    assert losses["d"] == 0.0 and losses["c"] > 0.5, losses
+    stored = json.loads((tmp_path / "d" / "config.json").read_text())["method"]
+    assert stored["distill"] is True and stored["init_from"] == str(runs / "fm")
+    code, stdout, _ = run(["train", "--resume", "--out", str(tmp_path / "d"), "--steps", "3", "--quiet"], capsys)
+    assert code == 0 and "trained 3 steps" in stdout  # the teacher is loaded again on resume
+
+
 def test_init_from_another_network_is_one_line(runs, capsys, tmp_path):
     other = [a if a != "8,16" else "8,8" for a in TINY]
     code, _, err = run(["train", *COND, "--steps", "1", "--method", "meanflow", "--init-from", str(runs / "fm"),
@@ -149,6 +167,8 @@ def test_resume_keeps_the_method(runs, capsys):
         (["--method", "meanflow", "--init-from", "RUN_MF"], "is a two-time (meanflow) run"),
         (["--method", "meanflow", "--init-from", "NOWHERE"], "is not a run directory"),
         (["--method", "meanflow", "--equal-fraction", "1.5"], "--equal-fraction"),
+        (["--distill"], "--distill only with --method meanflow"),
+        (["--method", "meanflow", "--distill"], "--distill needs --init-from"),
         (["--method", "reflow", "--teacher", "RUN_FM", "--teacher-solver", "midpoint", "--teacher-nfe", "3"],
          "not a multiple of 2"),
     ],

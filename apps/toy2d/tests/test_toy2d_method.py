@@ -77,6 +77,20 @@ def test_init_from_gives_the_teachers_samples_at_step_0(runs):
         assert torch.allclose(flow.x, want.x, atol=1e-5)
 
 
+def test_distill_starts_at_zero_loss_on_r_equal_t_rows(runs, capsys, tmp_path):
+    """--distill: with every row at r = t and the teacher's weights, u(z, r, r) = v_teacher(z, r), so the
+    loss is exactly 0; the conditional velocity's target is not (its noise stays in the loss)."""
+    common = ["train", "--cells", "4", "--conditional", "--steps", "2", "--method", "meanflow", "--init-from",
+              str(runs / "fm"), "--equal-fraction", "1", *TINY]  # fmt: skip
+    losses = {}
+    for name, extra in (("d", ["--distill"]), ("c", [])):
+        code, _, err = run([*common, "--out", str(tmp_path / name), *extra], capsys)
+        assert code == 0, err
+        losses[name] = float((tmp_path / name / "loss.csv").read_text().splitlines()[-1].split(",")[1])
+    assert losses["d"] == 0.0 and losses["c"] > 0.05, losses
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["method"]["distill"] is True
+
+
 def test_reflow_pairs_are_generated_once(runs, capsys, tmp_path):
     out = tmp_path / "rf"
     argv = ["train", "--cells", "4", "--conditional", "--method", "reflow", "--teacher", str(runs / "fm"),
@@ -135,6 +149,7 @@ def test_reflow_pairs_are_the_teachers_euler_endpoints(runs, tmp_path):
         (["--init-from", "RUN_FM"], "--init-from only with --method meanflow"),
         (["--teacher", "RUN_FM"], "--teacher only with --method reflow"),
         (["--method", "reflow"], "--method reflow needs --teacher"),
+        (["--method", "meanflow", "--distill"], "--distill needs --init-from"),
         (["--method", "meanflow", "--init-from", "RUN_MF"], "is a two-time (meanflow) run"),
         (["--method", "meanflow", "--target", "batch-marginal"], "--target batch-marginal does not apply"),
         (["--method", "reflow", "--teacher", "RUN_FM", "--coupling", "ot"], "--coupling ot does not apply"),

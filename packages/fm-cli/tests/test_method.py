@@ -43,6 +43,9 @@ def test_a_config_without_method_is_flow_matching():
         ({"name": "reflow", "teacher": "r", "train_guidance": 2.0}, "method.train_guidance"),
         ({"name": "meanflow", "train_guidance": 0.5}, "method.train_guidance"),
         ({"name": "meanflow", "train_guidance": float("inf")}, "method.train_guidance"),
+        ({"name": "meanflow", "distill": True}, "method.distill"),
+        ({"name": "reflow", "teacher": "r", "distill": True}, "method.distill"),
+        ({"name": "meanflow", "init_from": "r", "distill": 1}, "method.distill"),
     ],
 )
 def test_method_config_refuses_what_another_method_owns(fields, bad):
@@ -58,6 +61,24 @@ def test_train_guidance_goes_to_the_meanflow_loss():
     assert method_loss(MethodConfig(name="meanflow"), label_dropout=0.1, num_classes=3).loss.guidance is None
     m = read_method({"method": {"name": "meanflow", "train_guidance": 2.5}})
     assert m.to_dict() == {"name": "meanflow", "train_guidance": 2.5}
+
+
+def test_distill_gives_the_teacher_to_the_meanflow_loss():
+    from fm_cli.method import distill_teacher, method_loss
+
+    m = MethodConfig(name="meanflow", init_from="runs/fm", distill=True)
+    net = nn.Linear(2, 2).train()
+    asked = []
+    teacher = distill_teacher(lambda run, dev: asked.append((run, dev)) or net, m, "cpu")
+    assert asked == [("runs/fm", "cpu")] and teacher is net and not net.training
+    assert not any(p.requires_grad for p in net.parameters())
+    assert method_loss(m, velocity=teacher).loss.velocity is net
+    assert distill_teacher(lambda run, dev: net, MethodConfig(name="meanflow", init_from="runs/fm"), "cpu") is None
+    with pytest.raises(ValueError, match="exactly when"):
+        method_loss(m)  # a distilling method without its teacher
+    with pytest.raises(ValueError, match="exactly when"):
+        method_loss(MethodConfig(name="meanflow"), velocity=net)
+    assert read_method({"method": m.to_dict()}) == m
 
 
 def test_method_entry_keeps_old_runs_as_they_were(tmp_path):

@@ -265,6 +265,46 @@ def test_guidance_in_training_regresses_on_the_guided_velocity():
     assert torch.allclose(got, want, rtol=1e-6)
 
 
+def test_distillation_loss_is_zero_at_the_exact_average_velocity():
+    """With the marginal velocity as the teacher, the exact u makes every row's error zero (the
+    target is a fixed point row by row), while the conditional velocity leaves its noise in the loss."""
+    g = torch.Generator().manual_seed(5)
+    x1 = MU + SD * torch.randn(64, 2, generator=g, dtype=torch.float64)
+    x0 = torch.randn(64, 2, generator=g, dtype=torch.float64)
+    _, r, t = _points(64, seed=6)
+    distil = MeanFlowLoss(adaptive_p=0.0, velocity=v_true)(u_true, x1, x0=x0, r=r, t=t)
+    plain = MeanFlowLoss(adaptive_p=0.0)(u_true, x1, x0=x0, r=r, t=t)
+    assert float(distil) < 1e-16, float(distil)
+    assert float(plain) > 0.1, float(plain)
+
+
+def test_distillation_with_guidance_uses_the_teachers_null_velocity():
+    """r = t rows: the target is w v(z, r, y) + (1 - w) v(z, r, null) on labelled rows and the teacher's
+    null velocity on dropped ones, computed here by hand with a teacher whose velocity is its label."""
+
+    def teacher(x, t, y):
+        return (y[:, None].to(x.dtype) + 0.5 * t[:, None]).expand_as(x)
+
+    torch.manual_seed(0)
+    net = TwoTimeMLP(num_classes=2)
+    x1, y = torch.randn(8, 2), torch.tensor([0, 1] * 4)
+    x0, t = torch.randn(8, 2), torch.rand(8)
+    loss = MeanFlowLoss(num_classes=2, label_dropout=0.3, guidance=3.0, equal_fraction=1.0, adaptive_p=0.0,
+                        velocity=teacher)  # fmt: skip
+    got = loss(net, x1, y, x0=x0, r=t, t=t, generator=torch.Generator().manual_seed(0))
+    drop = torch.rand(8, generator=torch.Generator().manual_seed(0)) < 0.3
+    assert 0 < int(drop.sum()) < 8  # both kinds of rows are in the batch
+    z = (1 - t[:, None]) * x0 + t[:, None] * x1
+    y_in = torch.where(drop, torch.full_like(y, 2), y)
+    v_null = (2.0 + 0.5 * t[:, None]).expand(8, 2)
+    v_y = (y_in[:, None].float() + 0.5 * t[:, None]).expand(8, 2)
+    target = torch.where(drop[:, None], v_null, 3.0 * v_y - 2.0 * v_null)
+    want = (net(z, t, t, y_in) - target).pow(2).sum(1).mean()
+    assert torch.allclose(got, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="callable"):
+        MeanFlowLoss(velocity=3.0)  # type: ignore[arg-type]
+
+
 def test_bad_arguments():
     net = TwoTimeMLP()
     with pytest.raises(ValueError, match="r <= t"):

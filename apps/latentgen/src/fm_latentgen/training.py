@@ -34,7 +34,7 @@ from fm_cli.images import (
     training_grids,
 )
 from fm_cli.images import reflow_batches as image_reflow_batches
-from fm_cli.method import MethodConfig, TeacherError, check_init_from, method_entry, read_teacher
+from fm_cli.method import MethodConfig, TeacherError, check_init_from, distill_teacher, method_entry, read_teacher
 from fm_core import SampleResult
 from fm_data.images import to_uint8
 from fm_latent import LatentVAE, load_latent_cache
@@ -147,7 +147,7 @@ def train_latent(
         batches: Callable = reflow_batches(model, cfg, method, run_dir, device, vae=vae, resume=resume)
     else:
         batches = latent_batches(latents, labels if cfg.conditional else None, cfg.train.batch_size, device)
-    loss = flow_loss(cfg, method)
+    loss = flow_loss(cfg, method, distill_teacher(lambda run, dev: load_run(run, device=dev)[0], method, device))
     trainer = Trainer(model, loss, batches, cfg.train, run_dir, sample_fn=sample_fn, extra_config=extra,
                       loggers=loggers)  # fmt: skip
     return train_and_record(trainer, resume=resume)

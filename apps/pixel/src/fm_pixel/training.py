@@ -42,6 +42,7 @@ from fm_cli.method import (
     MethodConfig,
     TeacherError,
     check_init_from,
+    distill_teacher,
     method_entry,
     read_teacher,
 )
@@ -178,6 +179,9 @@ def train(
         assert data is not None
         batch_fn = make_batch_fn(data, cfg, device)
     extra = {**run_config(cfg, model.config), **method_entry(method, run_dir, resume)}
-    trainer = Trainer(model, make_loss_fn(cfg, method), batch_fn, cfg.train, run_dir, sample_fn=sample_fn,
+    from .sampling import load_run
+
+    teacher = distill_teacher(lambda run, dev: load_run(run, device=dev)[0], method, device)
+    trainer = Trainer(model, make_loss_fn(cfg, method, teacher), batch_fn, cfg.train, run_dir, sample_fn=sample_fn,
                       extra_config=extra, loggers=loggers)  # fmt: skip
     return train_and_record(trainer, resume=resume)

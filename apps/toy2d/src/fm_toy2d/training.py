@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from fm_cli.method import (
     FLOW_MAP,
     MethodConfig,
+    distill_teacher,
     flow_map_sampler,
     is_two_time,
     method_entry,
@@ -183,8 +184,9 @@ def train(
 
     batch_fn: Callable = batch_fn_for(cfg, dist)
     if method.name != "fm":  # meanflow's own target; reflow's pairs are coupled, so the conditional target
+        teacher = distill_teacher(lambda run, dev: load_run(run, device=dev).model, method, str(cfg.device))
         loss_fn = method_loss(method, time_sampler=get_time_sampler(cfg.time), coupling=_coupling(cfg),
-                              **({} if method.two_time else {"target": "conditional"}))  # fmt: skip
+                              velocity=teacher, **({} if method.two_time else {"target": "conditional"}))  # fmt: skip
     if method.init_from is not None and not resume:
         from .method_runs import init_from
 

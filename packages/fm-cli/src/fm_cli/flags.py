@@ -370,7 +370,7 @@ def guidance_problem(
 
 def add_method(p: Parser, *, pairs_default: int, train_guidance: bool = False) -> list[argparse.Action]:
     """``--method fm|meanflow|reflow`` (default fm; a resumed run keeps its own) and the flags of each method:
-    meanflow ``--equal-fraction``, ``--init-from RUN`` (and ``--train-guidance W`` when ``train_guidance``:
+    meanflow ``--equal-fraction``, ``--init-from RUN``, ``--distill`` (and ``--train-guidance W`` when ``train_guidance``:
     apps with classifier-free guidance); reflow ``--teacher RUN``, ``--pairs`` (default ``pairs_default``),
     ``--teacher-solver``, ``--teacher-nfe``, ``--from-scratch``. Resolve and check them with
     :func:`fm_cli.method.method_for_command`."""
@@ -399,6 +399,9 @@ def add_method(p: Parser, *, pairs_default: int, train_guidance: bool = False) -
         g.add_argument("--init-from", type=nonempty_path, default=None, metavar="RUN",
                        help="meanflow: start from the EMA weights of this flow-matching run (the same network "
                        "flags) (default: random weights)"),
+        g.add_argument("--distill", action="store_true",
+                       help="meanflow with --init-from: the target uses that run's velocity (and its guidance "
+                       "with --train-guidance) in place of the noisy conditional one (default: the conditional)"),
         g.add_argument("--teacher", type=nonempty_path, default=None, metavar="RUN",
                        help="reflow: the trained fm or reflow run whose EMA network makes the pairs (required "
                        "with --method reflow)"),

@@ -4,7 +4,8 @@ r"""How a run trains (``--method fm|meanflow|reflow``) and what that changes for
 * ``meanflow``: a two-time network ``model(x, r, t, y)`` (the average velocity from r to t >= r,
   the current point x at the smaller time r; Geng et al. 2025, :class:`fm_core.MeanFlowLoss`),
   optionally fine-tuned from a flow-matching run (``--init-from RUN``: fm_nets.load_one_time_weights,
-  so u(x, r, t) = v(x, r) at step 0). It samples in one or a few steps (``--solver flow-map``, its
+  so u(x, r, t) = v(x, r) at step 0), and with ``--distill`` the target takes that run's velocity in
+  place of the conditional one (``MeanFlowLoss(velocity=...)``). It samples in one or a few steps (``--solver flow-map``, its
   default, :data:`DEFAULT_FLOW_MAP_NFE` steps) or with every ODE solver through u(x, t, t)
   (:class:`fm_core.InstantaneousVelocity`).
 * ``reflow``: flow matching on (noise, teacher endpoint) pairs of a trained run (``--teacher RUN``;
@@ -43,6 +44,7 @@ __all__ = [
     "TeacherError",
     "check_init_from",
     "check_teacher",
+    "distill_teacher",
     "flow_map_sampler",
     "is_two_time",
     "method_entry",
@@ -80,6 +82,7 @@ REFLOW_DIR = "reflow"
 METHOD_FLAGS = {
     "equal_fraction": "meanflow",
     "init_from": "meanflow",
+    "distill": "meanflow",
     "teacher": "reflow",
     "pairs": "reflow",
     "teacher_solver": "reflow",
@@ -96,7 +99,9 @@ class MethodConfig(StrictConfig):
     name: fm, meanflow or reflow. meanflow: ``equal_fraction`` (share of rows with r = t; None: the
     loss's default), ``init_from`` (a flow-matching run whose EMA weights start the network, or None),
     ``train_guidance`` (classifier-free guidance scale built into the target, MeanFlow's guidance in
-    training: the run then samples guided at guidance 1, one evaluation a step; None: none).
+    training: the run then samples guided at guidance 1, one evaluation a step; None: none), ``distill``
+    (the target uses the ``init_from`` run's velocity, guided by its own null label with ``train_guidance``,
+    instead of the path's conditional velocity: :class:`fm_core.MeanFlowLoss` ``velocity``).
     reflow: ``teacher`` (the run whose pairs are learnt), ``pairs`` (how many), ``teacher_solver`` and
     ``teacher_nfe`` (how the teacher integrates them), ``from_scratch`` (do not start from the teacher's weights).
     """
@@ -110,6 +115,7 @@ class MethodConfig(StrictConfig):
     teacher_nfe: int | None = None
     from_scratch: bool = False
     train_guidance: float | None = None
+    distill: bool = False
 
     _field_prefix: ClassVar[str] = "method."
     _config_label: ClassVar[str] = "method"
@@ -119,6 +125,7 @@ class MethodConfig(StrictConfig):
         self._check_real("equal_fraction", 0, 1, optional=True)
         self._check_real("train_guidance", 1, MAX_TRAIN_GUIDANCE, optional=True)
         self._check_bool("from_scratch")
+        self._check_bool("distill")
         self._check_int("pairs", 1, optional=True)
         self._check_int("teacher_nfe", 1, optional=True)
         if self.teacher_solver is not None:
@@ -133,6 +140,8 @@ class MethodConfig(StrictConfig):
                 raise self._invalid(name, f"None unless the method is {method}")
         if self.name == "reflow" and self.teacher is None:
             raise self._invalid("teacher", "a run directory for the reflow method")
+        if self.distill and self.init_from is None:
+            raise self._invalid("distill", "False unless init_from names the run to distil")
 
     @property
     def two_time(self) -> bool:
@@ -282,6 +291,8 @@ def _from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, pairs_
         parser.error("; ".join(f"{', '.join(f)} only with --method {m}" for m, f in by.items()) + f", not {name}")
     if name == "reflow" and getattr(args, "teacher", None) is None:
         parser.error("--method reflow needs --teacher RUN (a trained flow-matching or reflow run)")
+    if getattr(args, "distill", False) and getattr(args, "init_from", None) is None:
+        parser.error("--distill needs --init-from RUN (the flow-matching run whose velocity the target uses)")
     for dest in ("init_from", "teacher"):
         run = getattr(args, dest, None)
         if run is not None and not (Path(run) / "config.json").is_file():
@@ -308,6 +319,7 @@ def _from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, pairs_
             teacher_nfe=nfe,
             from_scratch=bool(getattr(args, "from_scratch", False)),
             train_guidance=getattr(args, "train_guidance", None),
+            distill=bool(getattr(args, "distill", False)),
         )
     except ValueError as e:
         parser.error(str(e))
@@ -397,19 +409,24 @@ def resolve_run_sampler(
 
 
 # ----------------------------------------------------------------------------- training and sampling
-def method_loss(method: MethodConfig, **loss_kwargs: Any) -> Callable[..., Any]:
+def method_loss(method: MethodConfig, *, velocity: Any = None, **loss_kwargs: Any) -> Callable[..., Any]:
     """fm-train's ``loss_fn(model, batch, ctx)`` of a run: ``batch`` is ``(x1, y)`` or, for reflow, a
     :class:`fm_cli.reflow.PairBatch` ``(x0, x1, y)`` (then the coupling must be independent). meanflow:
-    :class:`fm_core.MeanFlowLoss` (its ``equal_fraction`` when set); fm and
+    :class:`fm_core.MeanFlowLoss` (its ``equal_fraction`` when set; ``velocity``, the frozen teacher of a
+    ``distill`` run, from :func:`distill_teacher`, required exactly when the method distils); fm and
     reflow: :class:`fm_core.FlowMatchingLoss`. ``loss_kwargs`` (time_sampler, coupling, label_dropout,
     num_classes, ...) go to the loss. Noise and times come from ``ctx.generator``; under DDP the loss
     covers the rank's shard ``ctx.shard``."""
     from fm_core import FlowMatchingLoss, IndependentCoupling, MeanFlowLoss
 
+    if (velocity is not None) != method.distill:
+        raise ValueError("a teacher velocity is given exactly when the method distils (meanflow --distill)")
     if method.two_time:
         extra: dict[str, Any] = {} if method.equal_fraction is None else {"equal_fraction": method.equal_fraction}
         if method.train_guidance is not None:
             extra["guidance"] = method.train_guidance
+        if velocity is not None:
+            extra["velocity"] = velocity
         loss: Any = MeanFlowLoss(**loss_kwargs, **extra)
     else:
         loss = FlowMatchingLoss(**loss_kwargs)
@@ -427,6 +444,16 @@ def method_loss(method: MethodConfig, **loss_kwargs: Any) -> Callable[..., Any]:
 
     loss_fn.loss = loss  # type: ignore[attr-defined]
     return loss_fn
+
+
+def distill_teacher(load: Callable[[str, Any], Any], method: MethodConfig, device: Any) -> Any:
+    """The frozen teacher of a ``distill`` run: ``load(method.init_from, device)`` (the app's EMA network of
+    that run) in eval mode with gradients off, or None when the method does not distil. Loaded on every
+    start, resumes included (only a new run copies its weights, see ``--init-from``)."""
+    if not method.distill:
+        return None
+    assert method.init_from is not None  # MethodConfig.validate
+    return load(method.init_from, device).eval().requires_grad_(False)
 
 
 def flow_map_sampler(model: Any, nfe: int | None) -> tuple[str, int]:

@@ -33,6 +33,13 @@ z_r = (1 - r) x0 + r x1) and v = the path's conditional velocity u_r(z_r | x0, x
 sg(v + (t - r) JVP), the JVP taken with ``torch.func.jvp`` through the network at (z_r, r, t) in
 the direction (v, 1, 0); the conditional v replaces the marginal one as in flow matching (the
 regression's minimiser is unchanged). The loss is the paper's adaptively weighted squared error.
+
+**Distillation** (``MeanFlowLoss(velocity=teacher)``): a trained flow-matching network gives the
+marginal velocity v(z_r, r) itself, so the target uses it in place of the conditional one. The fixed
+point is the same (the exact u is a fixed point of the target with the marginal v, the property the
+tests check), but the target no longer carries the conditional velocity's noise, whose variance
+dominates the long intervals a one-step sampler needs; Boffi et al. call this form Eulerian flow-map
+distillation ("How to build a consistency model", arXiv 2505.18825).
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from ._internal import _as_time_batch, _expand
+from ._internal import _as_time_batch, _expand, call_velocity
 from .coupling import Coupling
 from .guidance import CFGVelocity
 from .loss import _check_batch_labels, _check_labels_setup, _draw, _training_parts, shard_slice
@@ -179,7 +186,12 @@ class MeanFlowLoss:
             is the plain squared error, p = 1 (default) the paper's choice, p = 0.5 a Pseudo-Huber loss.
         guidance: the paper's guidance in training, scale w >= 1 (default None: off). Rows with a real
             label regress on the guided velocity w v + (1 - w) u(z, r, r, null) instead of v (one extra
-            forward without gradient); the trained model is then sampled with guidance 1.
+            forward without gradient); the trained model is then sampled with guidance 1. With a
+            ``velocity`` teacher the null velocity is the teacher's: w v(z, r, y) + (1 - w) v(z, r, null).
+        velocity: a frozen teacher ``velocity(x, t, y=None) -> v`` (a trained one-time network, in eval
+            mode, on the batch's device) whose velocity at (z_r, r) replaces the path's conditional one
+            in the target (distillation, module docstring; one extra forward without gradient a step,
+            two with ``guidance``). Default None: the conditional velocity, as the paper trains.
 
     Randomness is drawn in this order from ``generator``: x0, the two times, the r = t mask, the
     label-dropout mask, then the coupling's draws. ``shard=(rank, world_size)`` keeps rank r's rows of
@@ -199,6 +211,7 @@ class MeanFlowLoss:
         adaptive_p: float = 1.0,
         adaptive_c: float = 1e-3,
         guidance: float | None = None,
+        velocity: Callable[..., Tensor] | None = None,
     ) -> None:
         self.path, self.time_sampler, self.coupling = _training_parts(path, time_sampler, coupling)
         _check_labels_setup(label_dropout, num_classes)
@@ -220,13 +233,16 @@ class MeanFlowLoss:
         self.adaptive_p = float(adaptive_p)
         self.adaptive_c = float(adaptive_c)
         self.guidance = guidance
+        if velocity is not None and not callable(velocity):
+            raise ValueError(f"velocity must be a callable teacher velocity(x, t, y), got {type(velocity).__name__}")
+        self.velocity = velocity
 
     def __repr__(self) -> str:
         return (
             f"MeanFlowLoss(path={self.path!r}, time_sampler={self.time_sampler!r}, coupling={self.coupling!r}, "
             f"label_dropout={self.label_dropout}, num_classes={self.num_classes}, "
             f"equal_fraction={self.equal_fraction}, adaptive_p={self.adaptive_p}, adaptive_c={self.adaptive_c}, "
-            f"guidance={self.guidance})"
+            f"guidance={self.guidance}, velocity={'teacher' if self.velocity is not None else None})"
         )
 
     def __call__(
@@ -273,10 +289,18 @@ class MeanFlowLoss:
         ps = self.path.sample(pair.x0, pair.x1, r)  # the point and the velocity at the smaller time r
         z, v = ps.x_t.detach(), ps.u_t.detach()
         plain = _unwrap(model)
+        if self.velocity is not None:
+            with torch.no_grad():
+                v = call_velocity(self.velocity, z, r, y).detach()
+            if not torch.is_tensor(v) or v.shape != z.shape:
+                raise ValueError(f"the teacher velocity must have the shape of the batch {tuple(z.shape)}")
         if self.guidance is not None and y is not None and self.num_classes is not None:
             null = torch.full_like(y, self.num_classes)
             with torch.no_grad():
-                u_null = call_average_velocity(plain, z, r, r, null)
+                if self.velocity is not None:
+                    u_null = call_velocity(self.velocity, z, r, null)
+                else:
+                    u_null = call_average_velocity(plain, z, r, r, null)
             guided = self.guidance * v + (1.0 - self.guidance) * u_null
             v = torch.where(_expand(y != self.num_classes, v), guided, v).detach()
         target = _target_where_moving(plain, z, r, t, v, y)

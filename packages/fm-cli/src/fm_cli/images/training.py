@@ -52,17 +52,19 @@ GRID_SEED = 1234
 
 
 def flow_loss(
-    cfg: ImageRunConfig, method: MethodConfig | None = None
+    cfg: ImageRunConfig, method: MethodConfig | None = None, velocity: Any = None
 ) -> Callable[[nn.Module, tuple[Tensor, Tensor | None], StepContext], Tensor]:
     """``loss_fn(model, (x1 [B, ...], y [B] | None), ctx)`` for fm-train: flow matching with the run's
     time sampler, coupling and label dropout; noise and times come from ``ctx.generator``, and under
     DDP the loss covers the rank's shard ``ctx.shard`` of the batch. No host-device sync.
     ``method`` (fm_cli.method): meanflow's loss with the same settings, or reflow's pairs as batches
-    ``(x1, y, x0)`` (:func:`fm_cli.method.method_loss`)."""
+    ``(x1, y, x0)`` (:func:`fm_cli.method.method_loss`); ``velocity``: the frozen teacher of a distilling
+    meanflow run (:func:`fm_cli.method.distill_teacher`)."""
     coupling = ExactOTCoupling(by_label=True) if cfg.coupling == "ot" else IndependentCoupling()
     if method is not None and method.name != "fm":
         return method_loss(method, time_sampler=get_time_sampler(cfg.time), coupling=coupling,
-                           label_dropout=cfg.label_dropout, num_classes=cfg.num_classes)  # fmt: skip
+                           label_dropout=cfg.label_dropout, num_classes=cfg.num_classes,
+                           velocity=velocity)  # fmt: skip
     fm = FlowMatchingLoss(
         time_sampler=get_time_sampler(cfg.time),
         coupling=coupling,
