@@ -77,6 +77,19 @@ def test_init_from_gives_the_teachers_samples_at_step_0(runs):
         assert torch.allclose(flow.x, want.x, atol=1e-5)
 
 
+def test_api_runs_record_the_target_they_train_with(tmp_path):
+    """fm_toy2d.training.train with the default recipe's config (target batch-marginal) and another method:
+    meanflow trains on the conditional target, and config.json says so (it used to keep the recipe's)."""
+    from fm_cli.method import MethodConfig
+    from fm_toy2d.config import make_config
+    from fm_toy2d.training import train
+
+    cfg = make_config("checkerboard", "default", steps=2, batch_size=64, device="cpu", net={"hidden": 16, "depth": 1})
+    assert cfg.target == "batch-marginal"
+    train(cfg, tmp_path / "mf", progress=False, method=MethodConfig(name="meanflow"))
+    assert json.loads((tmp_path / "mf" / "config.json").read_text())["toy2d"]["target"] == "conditional"
+
+
 def test_distill_starts_at_zero_loss_on_r_equal_t_rows(runs, capsys, tmp_path):
     """--distill: with every row at r = t and the teacher's weights, u(z, r, r) = v_teacher(z, r), so the
     loss is exactly 0; the conditional velocity's target is not (its noise stays in the loss)."""

@@ -167,11 +167,15 @@ def train(
     (under no_grad, without consuming training randomness: fm-train isolates it); ``stop_fn``
     ends the run cleanly when it returns True. ``resume`` continues the run from its checkpoint.
     Batches come from the Trainer's generator seeded with ``cfg.seed`` (the training stream).
-    ``method`` (fm_cli.method, default flow matching): meanflow or reflow, stored in config.json.
+    ``method`` (fm_cli.method, default flow matching): meanflow or reflow, stored in config.json. Both
+    train on the conditional target, so a ``cfg`` with ``target='batch-marginal'`` is recorded (and
+    checked on resume) as ``'conditional'``, what the run trains with.
     """
     method = MethodConfig() if method is None else method
     if cfg.model != "fm":
         raise ValueError(f"fm_toy2d.training trains flow-matching runs (model='fm'), got model={cfg.model!r}")
+    if method.name != "fm" and cfg.target != "conditional":
+        cfg = cfg.replace(target="conditional")
     torch.manual_seed(cfg.seed)  # the weights' initialisation
     dist = build_distribution(cfg)
     model = build_model(cfg, dist, two_time=method.two_time)
