@@ -188,7 +188,7 @@ def train(
 
     batch_fn: Callable = batch_fn_for(cfg, dist)
     if method.name != "fm":  # meanflow's own target; reflow's pairs are coupled, so the conditional target
-        teacher = distill_teacher(lambda run, dev: load_run(run, device=dev).model, method, str(cfg.device))
+        teacher = distill_teacher(lambda run, dev: load_run(run, device=dev).model, method, cfg.device)
         loss_fn = method_loss(method, time_sampler=get_time_sampler(cfg.time), coupling=_coupling(cfg),
                               velocity=teacher, **({} if method.two_time else {"target": "conditional"}))  # fmt: skip
     if method.init_from is not None and not resume:

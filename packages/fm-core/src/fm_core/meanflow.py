@@ -191,7 +191,7 @@ class MeanFlowLoss:
         velocity: a frozen teacher ``velocity(x, t, y=None) -> v`` (a trained one-time network, in eval
             mode, on the batch's device) whose velocity at (z_r, r) replaces the path's conditional one
             in the target (distillation, module docstring; one extra forward without gradient a step,
-            two with ``guidance``). Default None: the conditional velocity, as the paper trains.
+            of 2B rows with ``guidance``, fm_core.CFGVelocity). Default None: the conditional velocity, as the paper trains.
 
     Randomness is drawn in this order from ``generator``: x0, the two times, the r = t mask, the
     label-dropout mask, then the coupling's draws. ``shard=(rank, world_size)`` keeps rank r's rows of
@@ -289,18 +289,21 @@ class MeanFlowLoss:
         ps = self.path.sample(pair.x0, pair.x1, r)  # the point and the velocity at the smaller time r
         z, v = ps.x_t.detach(), ps.u_t.detach()
         plain = _unwrap(model)
+        guide = self.guidance is not None and y is not None and self.num_classes is not None
         if self.velocity is not None:
+            teacher = self.velocity
+            if guide:  # one batched call: w v(z, r, y) + (1 - w) v(z, r, null), and v(z, r, null) on dropped rows
+                assert self.guidance is not None and self.num_classes is not None
+                teacher = CFGVelocity(teacher, self.guidance, self.num_classes)
             with torch.no_grad():
-                v = call_velocity(self.velocity, z, r, y).detach()
+                v = call_velocity(teacher, z, r, y).detach()
             if not torch.is_tensor(v) or v.shape != z.shape:
                 raise ValueError(f"the teacher velocity must have the shape of the batch {tuple(z.shape)}")
-        if self.guidance is not None and y is not None and self.num_classes is not None:
+        elif guide:
+            assert self.guidance is not None and y is not None and self.num_classes is not None
             null = torch.full_like(y, self.num_classes)
             with torch.no_grad():
-                if self.velocity is not None:
-                    u_null = call_velocity(self.velocity, z, r, null)
-                else:
-                    u_null = call_average_velocity(plain, z, r, r, null)
+                u_null = call_average_velocity(plain, z, r, r, null)
             guided = self.guidance * v + (1.0 - self.guidance) * u_null
             v = torch.where(_expand(y != self.num_classes, v), guided, v).detach()
         target = _target_where_moving(plain, z, r, t, v, y)
