@@ -22,7 +22,7 @@ from .coupling import (
 )
 from .guidance import CFGVelocity
 from .likelihood import LikelihoodResult, bits_per_dim, log_likelihood
-from .loss import FlowMatchingLoss, batch_marginal_target, shard_slice
+from .loss import FlowMatchingLoss, batch_marginal_target, check_batch_labels, check_label_args, shard_slice
 from .marginal import EmpiricalMarginalVelocity, gaussian_marginal_velocity
 from .meanflow import (
     AverageVelocityField,
@@ -34,7 +34,7 @@ from .meanflow import (
 )
 from .paths import AffinePath, CondOTPath, PathSample
 from .posterior import posterior_mean
-from .sampling import FLOW_MAP, SampleResult, balanced_labels, draw_source, sample
+from .sampling import FLOW_MAP, SampleResult, balanced_labels, draw_source, resolve_labels, sample
 from .schedulers import (
     SCHEDULERS,
     CondOTScheduler,
@@ -105,6 +105,8 @@ __all__ = [
     "FlowMatchingLoss",
     "batch_marginal_target",
     "shard_slice",
+    "check_batch_labels",
+    "check_label_args",
     "CFGVelocity",
     "EmpiricalMarginalVelocity",
     "gaussian_marginal_velocity",
@@ -128,6 +130,7 @@ __all__ = [
     "SampleResult",
     "sample",
     "balanced_labels",
+    "resolve_labels",
     "draw_source",
     "LikelihoodResult",
     "log_likelihood",

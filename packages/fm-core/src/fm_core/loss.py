@@ -32,7 +32,14 @@ from .paths import AffinePath, CondOTPath
 from .posterior import posterior_mean
 from .time_samplers import TimeSampler, UniformTime
 
-__all__ = ["FlowMatchingLoss", "TARGETS", "batch_marginal_target", "shard_slice"]
+__all__ = [
+    "FlowMatchingLoss",
+    "TARGETS",
+    "batch_marginal_target",
+    "check_batch_labels",
+    "check_label_args",
+    "shard_slice",
+]
 
 TARGETS = ("conditional", "batch-marginal")
 
@@ -79,7 +86,7 @@ def _training_parts(
     )
 
 
-def _check_labels_setup(label_dropout: float, num_classes: int | None) -> None:
+def check_label_args(label_dropout: float, num_classes: int | None) -> None:
     """The label arguments of the training losses: dropout in [0, 1], a positive class count, and a
     class count whenever labels are dropped (the null label is num_classes)."""
     if not 0.0 <= float(label_dropout) <= 1.0:
@@ -92,7 +99,7 @@ def _check_labels_setup(label_dropout: float, num_classes: int | None) -> None:
         raise ValueError(f"label_dropout={label_dropout} needs num_classes (the null label is num_classes)")
 
 
-def _check_batch_labels(y: Tensor | None, b: int, num_classes: int | None) -> None:
+def check_batch_labels(y: Tensor | None, b: int, num_classes: int | None) -> None:
     """The labels of a training batch of B rows: None, or integer [B] in [0, num_classes) (checked on the
     device without a sync, see device_check)."""
     if y is None:
@@ -158,7 +165,7 @@ class FlowMatchingLoss:
         target: str = "conditional",
     ) -> None:
         self.path, self.time_sampler, self.coupling = _training_parts(path, time_sampler, coupling)
-        _check_labels_setup(label_dropout, num_classes)
+        check_label_args(label_dropout, num_classes)
         self.label_dropout = float(label_dropout)
         self.num_classes = num_classes
         if target not in TARGETS:
@@ -192,7 +199,7 @@ class FlowMatchingLoss:
             raise ValueError("x1 must be a non-empty data batch [B, ...]")
         b = x1.shape[0]
         rows = shard_slice(b, shard)
-        _check_batch_labels(y, b, self.num_classes)
+        check_batch_labels(y, b, self.num_classes)
         if x0 is None:
             x0 = _draw("randn", x1.shape, x1, generator)
         elif x0.shape != x1.shape:

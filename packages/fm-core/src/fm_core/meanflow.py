@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from ._internal import _as_time_batch, _expand, call_velocity
 from .coupling import Coupling
 from .guidance import CFGVelocity
-from .loss import _check_batch_labels, _check_labels_setup, _draw, _training_parts, shard_slice
+from .loss import _draw, _training_parts, check_batch_labels, check_label_args, shard_slice
 from .paths import AffinePath
 from .solvers import ODESolution
 from .time_samplers import TimeSampler
@@ -214,7 +214,7 @@ class MeanFlowLoss:
         velocity: Callable[..., Tensor] | None = None,
     ) -> None:
         self.path, self.time_sampler, self.coupling = _training_parts(path, time_sampler, coupling)
-        _check_labels_setup(label_dropout, num_classes)
+        check_label_args(label_dropout, num_classes)
         if not 0.0 <= float(equal_fraction) <= 1.0:
             raise ValueError(f"equal_fraction must be in [0, 1], got {equal_fraction!r}")
         if not (0.0 <= float(adaptive_p) <= 2.0):
@@ -261,7 +261,7 @@ class MeanFlowLoss:
             raise ValueError("x1 must be a non-empty floating-point data batch [B, ...]")
         b = x1.shape[0]
         rows = shard_slice(b, shard)
-        _check_batch_labels(y, b, self.num_classes)
+        check_batch_labels(y, b, self.num_classes)
         if x0 is None:
             x0 = _draw("randn", x1.shape, x1, generator)
         elif x0.shape != x1.shape:

@@ -25,7 +25,7 @@ from .guidance import CFGVelocity
 from .meanflow import flow_map_solve
 from .solvers import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, solve_ode, steps_for_nfe
 
-__all__ = ["FLOW_MAP", "SampleResult", "balanced_labels", "draw_source", "sample"]
+__all__ = ["FLOW_MAP", "SampleResult", "balanced_labels", "draw_source", "resolve_labels", "sample"]
 
 #: the ``method`` of :func:`sample` for two-time models (:func:`fm_core.flow_map_solve`).
 FLOW_MAP = "flow-map"
@@ -85,7 +85,7 @@ def _model_device(model: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def _labels(
+def resolve_labels(
     n: int,
     g: torch.Generator,
     labels: Tensor | None,
@@ -93,7 +93,9 @@ def _labels(
     classes: Sequence[int] | None,
     random_labels: bool,
 ) -> Tensor | None:
-    """The labels of :func:`sample` (drawn after the noise, from the same generator)."""
+    """The labels of :func:`sample` (and of fm_discrete's sampler): ``labels`` checked and moved to the
+    CPU, else None without ``num_classes``, else ``torch.randint`` draws from ``g`` when
+    ``random_labels``, else :func:`balanced_labels` over ``classes`` (default: all)."""
     if num_classes is not None:
         num_classes = _positive_int("num_classes", num_classes)
     if labels is not None:
@@ -160,7 +162,7 @@ def draw_source(
     elif not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
         raise ValueError(f"generator must be a CPU torch.Generator (noise is drawn on the CPU), got {generator!r}")
     noise = torch.randn(n, *shape, generator=generator)
-    return noise, _labels(n, generator, labels, num_classes, classes, random_labels)
+    return noise, resolve_labels(n, generator, labels, num_classes, classes, random_labels)
 
 
 def sample(
