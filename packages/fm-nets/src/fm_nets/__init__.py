@@ -3,6 +3,10 @@ average-velocity networks ``model(x, r, t, y=None) -> u`` (see :mod:`fm_nets.two
 
 t is a float tensor [B] in [0, 1] (t = 0 noise, t = 1 data); y holds integer labels [B] or is None,
 and the label ``num_classes`` is the null class used by classifier-free guidance.
+
+Token models for discrete flow matching (:class:`TokenDiT`, :class:`TokenMLP`; contract in
+:mod:`fm_nets.tokens`): ``model(x, t, y=None) -> logits`` with x int64 token ids [B, *grid] and
+logits [B, *grid, vocab_size], the posterior over the data token at each position.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from torch import nn
 from .embeddings import LabelEmbedding, TimeEmbedding, sinusoidal_embedding
 from .hub import HubMixin, HubUnreachableError
 from .mlp import MLPVelocity
+from .token_mlp import TokenMLP
 from .two_time import interval_embedding_params, load_one_time_weights
 from .unet import UNet
 
@@ -27,13 +32,15 @@ __all__ = [
     "UNet",
     "DiT",
     "DIT_CONFIGS",
+    "TokenDiT",
+    "TokenMLP",
     "build_net",
     "NETS",
     "load_one_time_weights",
     "interval_embedding_params",
 ]
 
-NETS = ("mlp", "unet", "dit")
+NETS = ("mlp", "unet", "dit", "token-dit", "token-mlp")
 
 
 def __getattr__(name: str):
@@ -42,11 +49,15 @@ def __getattr__(name: str):
         from . import dit
 
         return getattr(dit, name)
+    if name == "TokenDiT":  # built from the DiT's blocks: timm too
+        from .token_dit import TokenDiT
+
+        return TokenDiT
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _net_class(name: str) -> type[nn.Module]:
-    """The class of registered network ``name`` ("mlp", "unet", "dit")."""
+    """The class of registered network ``name`` ("mlp", "unet", "dit", "token-dit", "token-mlp")."""
     if name == "mlp":
         return MLPVelocity
     if name == "unet":
@@ -55,6 +66,12 @@ def _net_class(name: str) -> type[nn.Module]:
         from .dit import DiT
 
         return DiT
+    if name == "token-dit":
+        from .token_dit import TokenDiT
+
+        return TokenDiT
+    if name == "token-mlp":
+        return TokenMLP
     raise ValueError(f"unknown network {name!r}; choose one of {', '.join(NETS)}")
 
 

@@ -170,6 +170,8 @@ def interval_embedding_params(name: str, config: Mapping[str, Any]) -> int:
     from . import _net_class
 
     cls = _net_class(name)
+    if name.startswith("token-"):
+        raise ValueError(f"network {name!r} has no two-time variant (the token models are one-time only)")
     defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
     cfg = {**defaults, **config}
     if name == "mlp":
