@@ -23,7 +23,7 @@ from fm_cli.images import add_eval_parser, add_sample_parser, add_train_parser
 from fm_data.images import IMAGE_DATASETS
 
 from . import __version__
-from .config import DEFAULT_GUIDANCE, DEFAULT_STEPS, NETS, RECIPES
+from .config import DEFAULT_GUIDANCE, DEFAULT_STEPS, MODELS, NETS, RECIPES
 
 __all__ = ["build_parser", "main"]
 
@@ -31,13 +31,19 @@ PROG = "fm-pixel"
 #: PixelConfig fields the train command sets (argparse dest -> flat field); on --resume they must agree.
 CONFIG_ARGS = (
     "dataset", "classes", "conditional", "recipe", "net", "time", "coupling", "label_dropout", "batch_size", "lr",
-    "schedule", "warmup_steps", "ema_decay", "seed", "solver", "nfe", "guidance",
+    "schedule", "warmup_steps", "ema_decay", "seed", "solver", "nfe", "guidance", "model", "levels", "source", "kappa",
+    "discrete_loss",
 )  # fmt: skip
+#: train options that do not apply to discrete runs (flow-matching only), and the ones only discrete runs take.
+DISCRETE_REFUSED = ("--net", "--coupling", "--method", "--equal-fraction", "--init-from", "--teacher", "--pairs",
+                    "--teacher-solver", "--teacher-nfe", "--from-scratch", "--distill", "--train-guidance")  # fmt: skip
+DISCRETE_ONLY = ("--levels", *flags.DISCRETE_FLAGS)
 #: Which network flags apply to which --net (argparse dest -> the network's keyword argument).
 NET_FLAGS = {
     "unet": {"channels": "channels", "res_blocks": "num_res_blocks", "patch_size": "patch_size"},
     "mlp": {"hidden": "hidden", "depth": "depth"},
     "dit": {"patch_size": "patch_size", "hidden": "hidden_size", "depth": "depth"},
+    "token-dit": {"patch_size": "patch_size", "hidden": "hidden_size", "depth": "depth"},
 }
 NET_ARGS = ("channels", "res_blocks", "patch_size", "hidden", "depth")
 #: --pairs of --method reflow when not given (the teacher's (noise, image) pairs).
@@ -69,8 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="velocity network: unet, mlp or dit (fm_nets.DiT, 2x2 patches) (default: the recipe's, unet)",
     )
+    t.add_argument("--model", choices=MODELS, default=None,
+                   help="fm: flow matching on pixel values; discrete: discrete flow matching on grey levels "
+                        "(fm-discrete, a token DiT) (default: fm)")  # fmt: skip
     flags.add_data_dir(t)
     flags.add_method(t, pairs_default=REFLOW_PAIRS, train_guidance=True)
+    g = flags.add_discrete(t)
+    g.add_argument(
+        "--levels",
+        type=argtypes.int_at_least(2, "an integer in [2, 256]", 256),
+        default=None,
+        help="grey levels per pixel, the tokens' vocabulary: 2 (binary), 16 or 256 (default: 16)",
+    )
     # fmt: off
     adv.add_argument("--recipe", choices=tuple(RECIPES), default=None,
                      help="default | mit (MIT 6.S184 lab) | post (blog post MLP) (default: default)")
@@ -96,16 +112,25 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace):
     """PixelConfig from the command line (a usage error for impossible combinations)."""
     from fm_cli.method import method_overrides
+    from fm_train import distributed
 
-    from .config import make_config
+    from .config import DISCRETE_RECIPE, make_config
 
     recipe = args.recipe or "default"
-    net = args.net or RECIPES[recipe]["net"]
+    model = args.model or "fm"
+    if model == "discrete":
+        flags.refuse_inapplicable(parser, args, dict.fromkeys(DISCRETE_REFUSED, "--model discrete"))
+        if distributed.launched_by_torchrun():
+            parser.error("--model discrete trains in one process; run it without torchrun")
+    else:
+        flags.refuse_inapplicable(parser, args, dict.fromkeys(DISCRETE_ONLY, "--model fm"))
+    net = DISCRETE_RECIPE["net"] if model == "discrete" else args.net or RECIPES[recipe]["net"]
     mine = NET_FLAGS[net]
     flags.refuse_inapplicable(
         parser, args, {f"--{d.replace('_', '-')}": f"--net {net}" for d in NET_ARGS if d not in mine}
     )
     over: dict[str, Any] = {k: getattr(args, k) for k in CONFIG_ARGS if k not in ("dataset", "recipe", "net")}
+    over["model"] = model
     over.update(
         net=net,
         conditional=bool(args.conditional),
@@ -166,7 +191,7 @@ def _load_model(args: argparse.Namespace, cfg):
     draw = functools.partial(generate, model, cfg, device=device)
     size = (1, cfg.model_size, cfg.model_size)  # eval also measures the straightness of the sampler's paths
     measure = functools.partial(sample_straightness, model, cfg, STRAIGHTNESS_N, size, device=device)
-    draw.straightness = measure  # type: ignore[attr-defined]
+    draw.straightness = None if cfg.model == "discrete" else measure  # type: ignore[attr-defined]
     return draw, device
 
 

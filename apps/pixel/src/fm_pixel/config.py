@@ -41,6 +41,8 @@ __all__ = [
     "DEFAULT_GUIDANCE",
     "DEFAULT_STEPS",
     "IMAGE_SIZE",
+    "DISCRETE_RECIPE",
+    "MODELS",
     "NETS",
     "NET_DEFAULTS",
     "RECIPES",
@@ -49,7 +51,16 @@ __all__ = [
 ]
 
 IMAGE_SIZE = 28
-NETS = ("unet", "mlp", "dit")
+NETS = ("unet", "mlp", "dit", "token-dit")
+#: ``--model``: flow matching on pixel values, or discrete flow matching on grey levels (fm-discrete).
+MODELS = ("fm", "discrete")
+#: Discrete runs: the mixture path's sources, kappa schedulers and losses (== fm_discrete's).
+SOURCES = ("mask", "uniform")
+KAPPAS = ("linear", "polynomial", "cosine")
+LOSSES = ("cross-entropy", "generalized-kl")
+#: Discrete runs: the recipe's settings that differ from flow matching's (see the README): the token DiT,
+#: uniform training times, CTMC Euler sampling with 32 steps.
+DISCRETE_RECIPE: dict[str, Any] = dict(net="token-dit", time="uniform", solver="euler", nfe=32)
 
 #: Network settings of this project's recipe, per ``--net`` (keyword arguments of fm_nets'
 #: UNet / MLPVelocity / DiT without num_classes and the input size). See the README for the measurements.
@@ -58,6 +69,8 @@ NET_DEFAULTS: dict[str, dict[str, Any]] = {
     "mlp": dict(hidden=1024, depth=4, time_dim=128, activation="silu", time_embedding="sinusoidal", residual=True),
     # 28x28 pixels in 2x2 patches: 196 tokens (fm-latentgen's tiny DiT, one input channel)
     "dit": dict(in_channels=1, patch_size=2, hidden_size=128, depth=6, num_heads=4, mlp_ratio=4.0),
+    # discrete runs: 28x28 grey-level tokens in 4x4 patches (49 tokens), logits over the levels per pixel
+    "token-dit": dict(patch_size=4, embed_dim=32, hidden_size=128, depth=6, num_heads=4, mlp_ratio=4.0),
 }
 
 #: Training budget in optimizer steps when neither --steps nor --minutes is given.
@@ -96,12 +109,22 @@ RECIPES: dict[str, dict[str, Any]] = {
 class PixelConfig(ImageRunConfig):
     """Everything that defines an fm-pixel run (JSON-safe): fm-cli's ImageRunConfig (data set,
     classes, conditioning, time sampler, coupling, label dropout, default sampler, ``train``) plus
-    the recipe's name and the network: ``net`` ("unet", "mlp" or "dit") and ``net_config`` (its
-    keyword arguments, fm_nets)."""
+    the recipe's name and the network: ``net`` ("unet", "mlp", "dit"; "token-dit" for discrete runs)
+    and ``net_config`` (its keyword arguments, fm_nets).
+
+    ``model`` "discrete" (fm-discrete): pixels quantised to ``levels`` grey levels are tokens, the
+    network predicts the posterior over the levels per pixel, trained on the mixture path with
+    ``source``, ``kappa`` and ``discrete_loss``; ``solver`` "euler" is then the CTMC Euler sampler and
+    ``nfe`` its steps. ``time`` and ``label_dropout`` mean what they mean for flow matching."""
 
     recipe: str = "default"
     net: str = "unet"
     net_config: dict[str, Any] = field(default_factory=dict)
+    model: str = "fm"
+    levels: int = 16
+    source: str = "mask"
+    kappa: str = "linear"
+    discrete_loss: str = "cross-entropy"
 
     datasets: ClassVar[tuple[str, ...]] = IMAGE_DATASETS  # the data: fm-data's (see ImageRunConfig)
     class_names: ClassVar[Mapping[str, Sequence[str]]] = CLASS_NAMES
@@ -110,7 +133,7 @@ class PixelConfig(ImageRunConfig):
     @property
     def size_factor(self) -> int:
         """How much the network shrinks the image (H and W must be divisible by it)."""
-        if self.net == "dit":
+        if self.net in ("dit", "token-dit"):
             return int(self.net_config.get("patch_size", 2))
         if self.net != "unet":
             return 1
@@ -132,6 +155,20 @@ class PixelConfig(ImageRunConfig):
         super().validate()
         self._check_choice("recipe", RECIPES)
         self._check_choice("net", NETS)
+        self._check_choice("model", MODELS)
+        self._check_int("levels", 2, 256)
+        self._check_choice("source", SOURCES)
+        self._check_choice("kappa", KAPPAS)
+        self._check_choice("discrete_loss", LOSSES)
+        if (self.model == "discrete") != (self.net == "token-dit"):
+            raise self._invalid("net", "token-dit for a discrete run, and only for one")
+        if self.model == "discrete":
+            if self.coupling != "independent":
+                raise self._invalid("coupling", "independent for a discrete run (tokens have no OT coupling here)")
+            if self.solver != "euler":
+                raise self._invalid("solver", "euler for a discrete run (the CTMC Euler sampler)")
+            if self.pad:
+                raise self._invalid("net_config", "a token-dit patch_size that divides 28 (1, 2, 4, 7, 14 or 28)")
         if not isinstance(self.net_config, dict):
             raise self._invalid("net_config", "a dict of network keyword arguments")
         if self.pad and 32 % self.size_factor:
@@ -150,6 +187,8 @@ class PixelConfig(ImageRunConfig):
             kw["dim"] = self.model_size**2
         elif self.net == "dit":
             kw["input_size"] = self.model_size
+        elif self.net == "token-dit":
+            kw.update(vocab_size=self.levels, grid=[IMAGE_SIZE, IMAGE_SIZE], mask_token=self.source == "mask")
         return {**kw, "num_classes": self.num_classes}
 
     def _estimated_params(self) -> float:
@@ -158,9 +197,11 @@ class PixelConfig(ImageRunConfig):
         if self.net == "mlp":
             h, d = int(c.get("hidden", 1024)), int(c.get("depth", 4))
             return float((d + 2) * h * h + 4 * self.model_size**2 * h)
-        if self.net == "dit":
+        if self.net in ("dit", "token-dit"):
             h, d = int(c.get("hidden_size", 128)), int(c.get("depth", 6))
-            return float((13 * d + 4) * h * h)
+            p, e = int(c.get("patch_size", 2)), int(c.get("embed_dim", 32))
+            out = 2 * p * p * (e + self.levels) * h if self.net == "token-dit" else 0  # patch in, logits out
+            return float((13 * d + 4) * h * h + out)
         widths = [int(w) for w in c.get("channels", [32, 64, 128])]
         return float(50 * (int(c.get("num_res_blocks", 1)) + 1) * sum(w * w for w in widths))
 
@@ -174,6 +215,8 @@ def make_config(dataset: str = "fashion-mnist", recipe: str = "default", **overr
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     base = dict(RECIPES[recipe])
+    if overrides.get("model") == "discrete":
+        base.update(DISCRETE_RECIPE)
     net = overrides.pop("net", None) or base["net"]
     if net not in NETS:
         raise ValueError(f"unknown network {net!r}; choose one of {', '.join(NETS)}")
@@ -183,6 +226,6 @@ def make_config(dataset: str = "fashion-mnist", recipe: str = "default", **overr
         net_config = dict(base["net_config"])
     net_config.update(overrides.pop("net_config", None) or {})
     base.update(dataset=dataset, recipe=recipe, net=net, net_config=net_config)
-    if recipe == "default" and dataset in DEFAULT_GUIDANCE:
+    if recipe == "default" and dataset in DEFAULT_GUIDANCE and overrides.get("model") != "discrete":
         base["guidance"] = DEFAULT_GUIDANCE[dataset]
     return from_recipe(PixelConfig, base, overrides)

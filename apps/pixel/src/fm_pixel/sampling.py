@@ -45,5 +45,10 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[n
 def generate(model: nn.Module, cfg: PixelConfig, n: int, **options: Any) -> SampleResult:
     """``n`` images uint8 [n, 28, 28] in ``.x`` (labels in ``.labels``) from ``model``; ``options``:
     solver, nfe, guidance, label, seed, batch_size, trajectory, device, progress (defaults: the run's
-    sampler, balanced labels; see fm_cli.images.sample_images). ValueError for what the run cannot do."""
+    sampler, balanced labels; see fm_cli.images.sample_images). ValueError for what the run cannot do.
+    A discrete run samples with fm-discrete's CTMC (fm_pixel.discrete.sample_tokens)."""
+    if cfg.model == "discrete":
+        from .discrete import sample_tokens
+
+        return sample_tokens(model, cfg, n, **options)
     return sample_images(model, cfg, n, (1, cfg.model_size, cfg.model_size), decode=to_uint8, **options)

@@ -21,6 +21,7 @@ Run directory (see fm-train's README for ``checkpoint/`` and ``loss.csv``)::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,14 +50,25 @@ from fm_cli.method import (
 from fm_cli.reflow import PairBatches
 from fm_data.images import ImageData, load_images, to_model
 from fm_nets import build_net, load_one_time_weights
-from fm_train import Trainer
+from fm_train import StepContext, Trainer
 
 from .config import PixelConfig
 
 __all__ = ["APP", "build_model", "grid_fn", "init_from", "make_batch_fn", "make_loss_fn", "run_config", "train"]
 
 APP = "fm-pixel"
-make_loss_fn = flow_loss  # loss_fn(model, (x [B, 1, H, W], y [B] | None), ctx) of the run
+
+
+def make_loss_fn(
+    cfg: PixelConfig, method: MethodConfig | None = None, velocity: Any = None
+) -> Callable[[nn.Module, tuple[Tensor, Tensor | None], StepContext], Tensor]:
+    """``loss_fn(model, (x [B, 1, H, W], y [B] | None), ctx)`` of the run: fm_cli.images.flow_loss, or for a
+    discrete run fm_pixel.discrete.discrete_loss_fn on tokens [B, 28, 28]."""
+    if cfg.model == "discrete":
+        from .discrete import discrete_loss_fn
+
+        return discrete_loss_fn(cfg)
+    return flow_loss(cfg, method, velocity)
 
 
 def build_model(cfg: PixelConfig, two_time: bool = False) -> nn.Module:
@@ -84,7 +96,8 @@ def run_config(cfg: PixelConfig, net_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_batch_fn(data: ImageData, cfg: PixelConfig, device: torch.device) -> Callable[[int, torch.Generator], tuple]:
-    """``batch_fn(step, generator) -> (x [B, 1, H, W] in [-1, 1], y [B] | None)``.
+    """``batch_fn(step, generator) -> (x [B, 1, H, W] in [-1, 1], y [B] | None)``; for a discrete run the
+    images' grey-level tokens [B, 28, 28] instead of x.
 
     The data set is moved to ``device`` once; each batch is one ``torch.randint`` on the
     generator (uniform with replacement) and one gather. Under torchrun every rank draws the same
@@ -96,10 +109,16 @@ def make_batch_fn(data: ImageData, cfg: PixelConfig, device: torch.device) -> Ca
     images = (data.images.pin_memory() if pin else data.images).to(device, non_blocking=pin)
     labels = data.labels.to(device) if cfg.conditional else None
     n, b, pad = images.shape[0], cfg.train.batch_size, cfg.pad
+    if cfg.model == "discrete":
+        from .discrete import to_tokens
+
+        convert = to_tokens(cfg)
+    else:
+        convert = functools.partial(to_model, pad=pad)
 
     def batch_fn(step: int, g: torch.Generator) -> tuple[Tensor, Tensor | None]:
         idx = torch.randint(0, n, (b,), generator=g, device=g.device).to(device)
-        x = to_model(images[idx], pad=pad)
+        x = convert(images[idx])
         return x, (labels[idx] if labels is not None else None)
 
     return batch_fn

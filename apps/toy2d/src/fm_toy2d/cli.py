@@ -47,7 +47,7 @@ from fm_cli import add_version, argtypes, flags, run_cli
 from fm_cli.method import FLOW_MAP, resolve_run_sampler, run_is_two_time
 
 from .cli_train import cmd_demo, cmd_train
-from .config import MAX_DIM, MAX_GRID, TIMES
+from .config import MAX_DIM, MAX_GRID, MAX_LATTICE, MODELS, TIMES
 
 __all__ = ["build_parser", "cmd_demo", "cmd_eval", "cmd_sample", "cmd_train", "main"]
 
@@ -59,6 +59,7 @@ NF_MISSING = (
     "backend of issue 4) has not been written; use --model fm"
 )
 NF_EXACT = "a normalizing-flow run (it samples with one exact pass of the flow, no ODE)"
+DISCRETE_CTMC = "a discrete run (it samples with fm-discrete's CTMC Euler sampler; --nfe sets its steps)"
 #: Points drawn along their path for ``sample --gif``, and its frames with an adaptive solver.
 GIF_POINTS = 2000
 GIF_FRAMES = 40
@@ -68,6 +69,7 @@ REFLOW_PAIRS = 100_000
 grid_int = argtypes.int_at_least(1, "a positive integer", MAX_GRID)
 dim_int = argtypes.int_at_least(1, "a positive integer", MAX_DIM)
 depth_int = argtypes.int_at_least(0, "an integer >= 0", 256)
+lattice_int = argtypes.int_at_least(2, "an integer >= 2", MAX_LATTICE)
 points_int = argtypes.int_at_least(1, "a positive integer", 10**8)  # 2D points are cheap: more than fm_cli's count_int
 
 
@@ -98,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--grid", dest="grid_cells", type=grid_int, default=None, help=argparse.SUPPRESS)  # old --cells
     t.add_argument("--dim", type=dim_int, default=None, help="checkerboard dimension (default: 2)")
     t.add_argument("--conditional", action="store_true", help="class-conditional model (labels of the dataset)")
-    t.add_argument(
-        "--model", choices=("fm", "nf"), default="fm", help="fm: flow matching; nf: normalizing flow (default: fm)"
-    )
+    t.add_argument("--model", choices=MODELS, default="fm",
+                   help="fm: flow matching; nf: normalizing flow; discrete: discrete flow matching on a lattice "
+                        "(fm-discrete) (default: fm)")  # fmt: skip
     t.add_argument("--recipe", choices=("default", "post"), default="default",
                    help="default: this project's recipe; post: the blog post's (5x512 ReLU, uniform t, Euler, "
                         "2,000 steps); flow matching only (default: default)")  # fmt: skip
@@ -135,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--depth", type=depth_int, default=None,
                    help="MLP blocks, or the flow's coupling blocks (default: the recipe's)")
     # fmt: on
+    g = flags.add_discrete(t)
+    g.add_argument("--lattice", type=lattice_int, default=None,
+                   help="lattice points per axis over [-4, 4] (each coordinate one token) (default: 64)")  # fmt: skip
     t.add_argument("--no-pictures", dest="pictures", action="store_false", help="skip the pictures after training")
     flags.add_quiet(t)
 
@@ -213,6 +218,15 @@ def _sampler(
         given = [f for f in ("--solver", "--nfe", "--guidance", "--gif") if hasattr(args, f[2:])]
         flags.refuse_inapplicable(parser, args, dict.fromkeys(given, NF_EXACT))
         return None, None
+    if kind == "discrete":
+        given = [f for f in ("--solver", "--gif") if hasattr(args, f[2:])]
+        flags.refuse_inapplicable(parser, args, dict.fromkeys(given, DISCRETE_CTMC))
+        problem = flags.guidance_problem(
+            getattr(args, "guidance", None), conditional=cfg.conditional, label_dropout=0.0
+        )
+        if problem:
+            parser.error(problem)
+        return "ctmc", args.nfe
     from fm_train import RunDir
 
     two_time = run_is_two_time(RunDir(args.run).read_config())
@@ -255,6 +269,12 @@ def cmd_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     if kind == "nf":
         x, y = _nf(parser, args.run).sample(args.run, args.n, args.label, args.seed)
         method, used = "flow inverse", 1
+    elif kind == "discrete":
+        from . import discrete
+
+        res = discrete.sample_run(discrete.load_discrete_run(args.run, device=args.device), args.n, label=args.label,
+                                  seed=args.seed, nfe=nfe, progress=progress_enabled(args.quiet))  # fmt: skip
+        x, y, method, used = res.x, res.labels, res.method, res.nfe
     else:
         run = training.load_run(args.run, device=args.device)
         frames = None  # an adaptive solver's own steps are not kept: its GIF shows 40 equal steps in t
@@ -269,7 +289,7 @@ def cmd_sample(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     if args.grid is not None or args.gif is not None:
         from . import pictures
 
-        what = f"{method}, NFE {used}" if kind == "fm" else "normalizing flow"
+        what = "normalizing flow" if kind == "nf" else f"{method}, NFE {used}"
         if args.grid is not None:
             written.append(pictures.samples_picture(args.grid, cfg, dist, x, y, title=f"{what}, seed {args.seed}"))
         if args.gif is not None:
@@ -289,6 +309,10 @@ def cmd_eval(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     flags.set_threads(args.threads)
     if kind == "nf":
         metrics = _nf(parser, args.run).evaluate(args.run, args.n, args.seed, n_nll=args.n_nll, nll=args.nll)
+    elif kind == "discrete":
+        from . import discrete
+
+        metrics = discrete.evaluate(args.run, args.n, args.seed, nfe=nfe, device=args.device, quiet=args.quiet)
     else:
         run = training.load_run(args.run, device=args.device)
         metrics = evaluate(run, n=args.n, solver=solver, nfe=nfe, seed=args.seed, n_nll=args.n_nll, nll=args.nll,

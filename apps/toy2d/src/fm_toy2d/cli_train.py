@@ -27,11 +27,16 @@ NF_REFUSED = dict.fromkeys(
     ("--recipe", "--coupling", "--time", "--target", "--precision", "--bf16", "--compile", "--method",
      "--equal-fraction", "--init-from", "--teacher", "--pairs", "--teacher-solver", "--teacher-nfe", "--from-scratch"), "--model nf"
 )  # fmt: skip
+#: train options that do not apply to discrete runs (flow-matching options; fm-train's precision options).
+DISCRETE_REFUSED = dict.fromkeys((*NF_REFUSED, "--coupling"), "--model discrete")
+#: train options that only discrete runs take.
+DISCRETE_ONLY = ("--lattice", *flags.DISCRETE_FLAGS)
 #: train options (dest -> RunConfig field) that --resume must find equal to the stored run's.
 RESUME_FIELDS = {
     "dataset": "dataset", "cells": "grid", "dim": "dim", "conditional": "conditional", "model": "model",
     "recipe": "recipe", "coupling": "coupling", "time": "time", "target": "target", "steps": "steps",
     "minutes": "minutes", "batch_size": "batch_size", "lr": "lr", "seed": "seed", "device": "device",
+    "lattice": "lattice", "source": "source", "kappa": "kappa", "discrete_loss": "discrete_loss",
 }  # fmt: skip
 NET_FLAGS = ("hidden", "depth")
 
@@ -60,6 +65,18 @@ def _check_options(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error(
             f"--cells {cells} --dim {args.dim}: {cells**args.dim:,} cells is too many to evaluate (at most 10^7)"
         )
+
+
+def _check_discrete(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors for a discrete run (flow-matching options, torchrun) and for discrete options elsewhere."""
+    from fm_train import distributed
+
+    if args.model != "discrete":
+        flags.refuse_inapplicable(parser, args, dict.fromkeys(DISCRETE_ONLY, f"--model {args.model}"))
+        return
+    flags.refuse_inapplicable(parser, args, DISCRETE_REFUSED)
+    if distributed.launched_by_torchrun():
+        parser.error("--model discrete trains in one process; run it without torchrun")
 
 
 def _check_nf(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -110,8 +127,10 @@ def _new_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
         if args.model == "fm":
             cfg = make_config(args.dataset, args.recipe, **{**given, **_method_options(parser, args)})
             return cfg, cfg
+        if args.model == "discrete":
+            given.update(lattice=args.lattice, source=args.source, kappa=args.kappa, discrete_loss=args.discrete_loss)
         cfg = RunConfig(
-            dataset=args.dataset, model="nf", **{k: v for k, v in given.items() if v is not None and k != "net"}
+            dataset=args.dataset, model=args.model, **{k: v for k, v in given.items() if v is not None and k != "net"}
         )
     except ValueError as e:
         parser.error(str(e))
@@ -141,10 +160,14 @@ def _trainer(cfg, spec, out: Path, *, resume: bool, pictures: bool, quiet: bool,
 
     def work() -> Trained:
         budget = f"{cfg.steps} steps" if cfg.steps else f"{cfg.minutes:g} minutes" if cfg.minutes else "default budget"
-        print(f"{PROG}: {'resuming' if resume else 'training'} {cfg.dataset} "
-              f"({'normalizing flow' if cfg.model == 'nf' else f'{cfg.recipe} recipe'}, {budget}) into {out}",
+        kind = {"nf": "normalizing flow", "discrete": "discrete flow matching"}.get(cfg.model, f"{cfg.recipe} recipe")
+        print(f"{PROG}: {'resuming' if resume else 'training'} {cfg.dataset} ({kind}, {budget}) into {out}",
               flush=True)  # fmt: skip
-        if cfg.model == "nf":
+        if cfg.model == "discrete":
+            from . import discrete
+
+            result = discrete.train(spec, out, progress=not quiet, resume=resume, loggers=flags.make_loggers(log, out))
+        elif cfg.model == "nf":
             nf = cli._nf_module()
             more = {} if log == "csv" else {"loggers": flags.make_loggers(log, out)}  # csv: the backend's own
             result = nf.train(spec, out, progress=not quiet, resume=resume, **more)
@@ -162,6 +185,8 @@ def _trainer(cfg, spec, out: Path, *, resume: bool, pictures: bool, quiet: bool,
             return Trained(result, [])
         if cfg.model == "nf":
             files = nf.pictures(out)
+        elif cfg.model == "discrete":
+            files = discrete.pictures(out)
         else:
             from .pictures import write_pictures
 
@@ -187,6 +212,8 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     flags.check_log(parser, args.log)
     if args.model == "nf":
         _check_nf(parser, args)
+    if not args.resume:  # a resumed run's kind is the stored one (checked below)
+        _check_discrete(parser, args)
     from fm_cli.method import method_for_command
 
     from .cli import REFLOW_PAIRS
@@ -200,6 +227,9 @@ def cmd_train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         cfg = spec = _stored_config(parser, args, run.out)
         if cfg.model == "nf":
             _check_nf(parser, args)
+        elif cfg.model == "discrete":
+            args.model = "discrete"
+            _check_discrete(parser, args)
         else:  # precision and compile may change on --resume (not the optimisation)
             precision = flags.precision_given(parser, args, PROG)
             cfg = spec = cfg.replace(compile=args.compile, **({"precision": precision} if precision else {}))

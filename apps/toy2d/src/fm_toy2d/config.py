@@ -47,7 +47,14 @@ __all__ = [
     "make_config",
 ]
 
-MODELS = ("fm", "nf")
+MODELS = ("fm", "nf", "discrete")
+#: Discrete runs (``--model discrete``, fm_toy2d.discrete): the mixture path's sources, kappa schedulers and
+#: losses (== fm_discrete.SOURCES, KAPPA_SCHEDULERS, LOSSES; fm_cli.flags lists them for the command line).
+SOURCES = ("mask", "uniform")
+KAPPAS = ("linear", "polynomial", "cosine")
+LOSSES = ("cross-entropy", "generalized-kl")
+#: Lattice points per axis of a discrete run, at most.
+MAX_LATTICE = 4096
 RECIPE_NAMES = ("default", "post")
 COUPLINGS = ("independent", "ot")
 TARGETS = ("conditional", "batch-marginal")
@@ -57,7 +64,7 @@ SOLVERS = ("euler", "midpoint", "heun", "rk4")
 MAX_GRID = 1000
 MAX_DIM = 64
 #: The command line's upper bounds (fm_cli.argtypes) for the same values read back from config.json.
-BOUNDS = {"grid": MAX_GRID, "dim": MAX_DIM, "steps": MAX_STEPS, "batch_size": MAX_BATCH, "ot_block": MAX_BATCH,
+BOUNDS = {"grid": MAX_GRID, "dim": MAX_DIM, "lattice": MAX_LATTICE, "steps": MAX_STEPS, "batch_size": MAX_BATCH, "ot_block": MAX_BATCH,
           "warmup_steps": MAX_STEPS, "seed": MAX_SEED, "nfe": MAX_NFE}  # fmt: skip
 
 #: Training steps of the default recipe per dataset (the "default budget"): at most about
@@ -130,7 +137,10 @@ class RunConfig(StrictConfig):
 
     dataset/grid/dim: the toy data (grid and dim only for ``checkerboard``).
     conditional: train a class-conditional model (labels from ``sample_labeled``).
-    model: ``"fm"`` (flow matching, :mod:`fm_toy2d.training`) or ``"nf"`` (normalizing flow, ``fm_toy2d.nf``).
+    model: ``"fm"`` (flow matching, :mod:`fm_toy2d.training`), ``"nf"`` (normalizing flow, ``fm_toy2d.nf``)
+        or ``"discrete"`` (discrete flow matching on a lattice, ``fm_toy2d.discrete``).
+    lattice, source, kappa, discrete_loss: discrete runs only: points per axis of the lattice over [-4, 4]^D,
+        the mixture path's source ("mask" or "uniform") and kappa scheduler, the loss.
     net: keyword arguments of ``fm_nets.MLPVelocity`` besides dim and num_classes (nf: of ``build_flow``).
     coupling: ``"independent"`` or ``"ot"`` (exact OT inside blocks of ``ot_block`` points,
         within each class when conditional). time: the training-time sampler.
@@ -168,6 +178,10 @@ class RunConfig(StrictConfig):
     nfe: int = 8
     precision: str = "fp32"
     compile: bool = False
+    lattice: int = 64
+    source: str = "mask"
+    kappa: str = "linear"
+    discrete_loss: str = "cross-entropy"
 
     # ------------------------------------------------------------------ derived
     @property
@@ -203,6 +217,10 @@ class RunConfig(StrictConfig):
         self._check_choice("recipe", RECIPE_NAMES)
         self._check_int("grid", 1)
         self._check_int("dim", 1)
+        self._check_int("lattice", 2)
+        self._check_choice("source", SOURCES)
+        self._check_choice("kappa", KAPPAS)
+        self._check_choice("discrete_loss", LOSSES)
         if self.dataset != "checkerboard" and self.dim != 2:
             raise self._invalid("dim", f"2 for {self.dataset} (only checkerboard has a --dim)")
         self._check_bool("conditional")

@@ -46,7 +46,7 @@ from fm_nets.mlp import MLPVelocity
 from fm_train import RunDir, StepContext, StopFn, Trainer, TrainResult, load_model_for_sampling, resolve_device
 from fm_train.checkpoint import CheckpointError
 
-from .config import SOLVERS, RunConfig
+from .config import MODELS, SOLVERS, RunConfig
 
 __all__ = [
     "APP_FORMAT",
@@ -215,13 +215,13 @@ def read_run(run_dir: str | Path) -> tuple[dict[str, Any], RunConfig]:
     except (ValueError, TypeError) as e:
         raise ValueError(f'{rd.config_path}: bad "toy2d" section: {e}') from None
     kind = data.get("model", cfg.model)
-    if kind not in ("fm", "nf"):
-        raise ValueError(f"{rd.config_path}: unknown model kind {kind!r} (allowed: fm, nf)")
+    if kind not in MODELS:
+        raise ValueError(f"{rd.config_path}: unknown model kind {kind!r} (allowed: {', '.join(MODELS)})")
     return data, cfg
 
 
 def run_model_kind(run_dir: str | Path) -> str:
-    """``"fm"`` or ``"nf"``: the model kind recorded in RUN/config.json."""
+    """``"fm"``, ``"nf"`` or ``"discrete"``: the model kind recorded in RUN/config.json."""
     data, cfg = read_run(run_dir)
     return data.get("model", cfg.model)
 

@@ -418,6 +418,38 @@ def add_method(p: Parser, *, pairs_default: int, train_guidance: bool = False) -
 
 
 #: Where a train command logs its rows (``--log``): loss.csv always; tensorboard adds RUN/tensorboard.
+#: The choices of --source, --kappa and --discrete-loss (== fm_discrete.SOURCES, KAPPA_SCHEDULERS and LOSSES;
+#: fm-cli does not import fm-discrete, a test keeps them equal).
+DISCRETE_SOURCES = ("mask", "uniform")
+DISCRETE_KAPPAS = ("linear", "polynomial", "cosine")
+DISCRETE_LOSSES = ("cross-entropy", "generalized-kl")
+#: The train flags that only discrete runs take besides the app's own size flag (--lattice, --levels).
+DISCRETE_FLAGS = ("--source", "--kappa", "--discrete-loss")
+
+
+def add_discrete(p: Parser) -> Any:
+    """The discrete flow-matching options of ``train --model discrete`` (fm_discrete): --source (mask or
+    uniform), --kappa (the mixture path's scheduler) and --discrete-loss; returns the argument group, to
+    which the app adds its size flag. Defaults (None here): the app's."""
+    g = p.add_argument_group("discrete flow matching (--model discrete)")
+    g.add_argument(
+        "--source",
+        choices=DISCRETE_SOURCES,
+        default=None,
+        help="the mixture path's source at t = 0: every token masked, or uniform tokens (default: mask)",
+    )
+    g.add_argument(
+        "--kappa",
+        choices=DISCRETE_KAPPAS,
+        default=None,
+        help="the path's scheduler kappa_t, the share of data tokens at t (default: linear)",
+    )
+    g.add_argument("--discrete-loss", choices=DISCRETE_LOSSES, default=None,
+                   help="cross-entropy on the data token, or the generalized KL of the velocities "
+                        "(default: cross-entropy)")  # fmt: skip
+    return g
+
+
 LOG_CHOICES = ("csv", "tensorboard")
 
 
