@@ -62,6 +62,7 @@ def test_the_folder_and_the_model_card(exported):
     assert "--label-dropout 0.2" in card.text and "--channels 8,16" in card.text and "--steps 3" in card.text
     assert "| train.steps | 3 |" in card.text and "![samples](samples.png)" in card.text
     assert "UNet.from_pretrained(" in card.text
+    assert "--levels" not in card.text and "--model" not in card.text  # the discrete options are no fm flags
 
 
 def test_export_errors_are_one_line(exported, tmp_path, capsys):

@@ -114,3 +114,21 @@ def test_a_short_run_learns_the_checkerboard(tmp_path):
     cells = np.floor((res.x.numpy() + 4) / 2).astype(int)  # 4 cells of side 2 over [-4, 4]
     filled = (cells.sum(1) % 2 == 0).mean()
     assert filled > 0.9, filled
+
+
+def test_export_loads_back_the_ema_token_mlp(board, tmp_path):
+    import torch
+
+    from fm_nets import TokenMLP
+
+    out = tmp_path / "export"
+    assert main(["export", "--run", str(board), "--out", str(out)]) == 0
+    net = TokenMLP.from_pretrained(out)
+    run = discrete.load_discrete_run(board)
+    x = torch.tensor([[16, 16], [3, 16], [5, 9]])  # 16 = the mask
+    t, y = torch.tensor([0.0, 0.5, 0.9]), torch.tensor([0, 3, 8])
+    assert torch.equal(net(x, t, y), run.model(x, t, y))
+    sampling = json.loads((out / "sampling.json").read_text())
+    assert (sampling["lattice"], sampling["source"], sampling["nfe"]) == (16, "mask", 64)
+    card = (out / "README.md").read_text()
+    assert "--model discrete" in card and "--lattice 16" in card and "--time" not in card

@@ -34,7 +34,7 @@ def test_export_an_fm_run(tmp_path):
     card = ModelCard.load(out / "README.md")
     assert card.data.to_dict()["library_name"] == "fm-nets"
     assert "fm-toy2d train --dataset olympic-rings --conditional --model fm" in card.text
-    assert "--hidden 16 --depth 1 --steps 4" in card.text and "--dim" not in card.text
+    assert "--hidden 16 --depth 1 --steps 4" in card.text and "--dim" not in card.text and "--lattice" not in card.text
 
 
 def test_export_an_nf_run(tmp_path):
@@ -48,3 +48,4 @@ def test_export_an_nf_run(tmp_path):
     card = ModelCard.load(out / "README.md")
     assert card.data.to_dict()["library_name"] == "fm-nflows"
     assert "fm-toy2d train --dataset moons --model nf" in card.text and "--recipe" not in card.text
+    assert "--lattice" not in card.text and "--source" not in card.text

@@ -224,10 +224,17 @@ def _cmd_export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         model, cfg = load_run(args.run)
         net_flags = {d: cfg.net_config[k] for d, k in NET_FLAGS[cfg.net].items() if k in cfg.net_config}
         net_flags.update(method_flags(config))  # --method meanflow ... (fm: none)
-        res = export_image_run(args.run, args.out, model=model, cfg=cfg, config=config, prog=PROG, section="pixel",
-                               fields=CONFIG_ARGS, shape=(1, cfg.model_size, cfg.model_size),
-                               net_flags=net_flags,
-                               decode="fm_data.images.to_uint8 (crops to 28x28)", push=args.push)  # fmt: skip
+        if cfg.model == "discrete":
+            from .discrete import export_discrete
+
+            res = export_discrete(args.run, args.out, model=model, cfg=cfg, config=config, prog=PROG,
+                                  fields=[f for f in CONFIG_ARGS if f"--{f}" not in DISCRETE_REFUSED],
+                                  net_flags=net_flags, push=args.push)  # fmt: skip
+        else:
+            fields = [f for f in CONFIG_ARGS if f"--{f.replace('_', '-')}" not in DISCRETE_ONLY and f != "model"]
+            res = export_image_run(args.run, args.out, model=model, cfg=cfg, config=config, prog=PROG, section="pixel",
+                                   fields=fields, shape=(1, cfg.model_size, cfg.model_size), net_flags=net_flags,
+                                   decode="fm_data.images.to_uint8 (crops to 28x28)", push=args.push)  # fmt: skip
     except ValueError as e:
         return error(PROG, "export", one_line(e))
     pushed = f"; pushed: {res.url}" if res.url else ""

@@ -10,7 +10,8 @@ classifier-free guidance on the logits; a token becomes the centre of its grey-l
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +23,15 @@ from fm_train import StepContext
 
 from .config import IMAGE_SIZE, PixelConfig
 
-__all__ = ["build_path", "discrete_loss_fn", "quantizer", "sample_tokens", "to_tokens"]
+__all__ = [
+    "build_path",
+    "discrete_loss_fn",
+    "export_discrete",
+    "quantizer",
+    "sample_tokens",
+    "to_tokens",
+    "to_uint8_images",
+]
 
 
 def quantizer(cfg: PixelConfig) -> UniformQuantizer:
@@ -106,3 +115,37 @@ def sample_tokens(
             images = torch.where(res.trajectory == cfg.levels, torch.full_like(images, 128), images)
         res.trajectory = images
     return res
+
+
+def export_discrete(run_dir, out_dir, *, model: nn.Module, cfg: PixelConfig, config: dict[str, Any], prog: str,
+                    fields: Sequence[str], net_flags: dict[str, Any], push: str | None = None) -> Any:  # fmt: skip
+    """``fm-pixel export`` of a discrete run (fm_cli.export.export): the TokenDiT, the training command, and
+    how to sample it with fm-discrete's CTMC sampler and turn tokens into uint8 images."""
+    from fm_cli.export import export, training_command
+
+    where = str(out_dir) if push is None else push
+    labels = f", num_classes={cfg.num_classes}, classes={cfg.sample_classes}, guidance={cfg.guidance}"
+    labels = labels if cfg.conditional else ""
+    width = 256 / cfg.levels
+    sampling = dict(network="fm_nets.TokenDiT", shape=[IMAGE_SIZE, IMAGE_SIZE], sampler="fm_discrete.ctmc_sample (euler)",
+                    nfe=cfg.nfe, guidance=cfg.guidance, num_classes=cfg.num_classes, levels=cfg.levels,
+                    source=cfg.source, kappa=cfg.kappa, classes=cfg.sample_classes if cfg.conditional else None,
+                    decode=f"token k -> uint8 floor((k + 0.5) * {width:g})")  # fmt: skip
+    lines = ["import torch", "from fm_discrete import MixturePath, ctmc_sample", "from fm_nets import TokenDiT",
+             f"net = TokenDiT.from_pretrained({where!r})",
+             f"path = MixturePath({cfg.levels}, source={cfg.source!r}, scheduler={cfg.kappa!r})",
+             f"tokens = ctmc_sample(net, path, 16, ({IMAGE_SIZE}, {IMAGE_SIZE}), steps={cfg.nfe}{labels}).x",
+             f"images = torch.floor((tokens + 0.5) * {width:g}).to(torch.uint8)  # [16, 28, 28]"]  # fmt: skip
+    command = training_command(prog, config, "pixel", fields, net_flags)
+    return export(
+        run_dir,
+        out_dir,
+        model=model,
+        command=command,
+        sampling=sampling,
+        load_lines="\n".join(lines),
+        library="fm-nets",
+        tags=[prog, cfg.dataset, "discrete-flow-matching"],
+        datasets=[cfg.dataset],
+        push=push,
+    )
