@@ -5,7 +5,7 @@
 
 Every step is the apps' own command line, run one at a time (``OMP_NUM_THREADS`` as set, 2 here):
 
-* ``fm-toy2d train --model discrete --lattice 64`` (8x8 checkerboard, the default budget: 1,200 steps),
+* ``fm-toy2d train --model discrete --lattice 64`` (8x8 checkerboard, the default budget: 1,000 steps),
   then ``fm-toy2d eval`` (20,000 samples at the run's 64 CTMC steps, and the quality against NFE);
 * ``fm-pixel train --model discrete --levels 16 --dataset mnist --conditional --minutes 10`` and the
   continuous ``fm-pixel train --dataset mnist --conditional --minutes 10`` (the default recipe), then
@@ -58,7 +58,17 @@ def _metrics(run: Path) -> dict:
 
 
 def table(lattice: Path, disc: Path, cont: Path) -> str:
-    lines = []
+    lines = [
+        "Commands (one at a time, `OMP_NUM_THREADS=2`; `python benchmarks/discrete.py` runs them all):",
+        "",
+        "```bash",
+        " ".join(["uv run", *LATTICE, "--out", str(lattice)]) + f"; uv run fm-toy2d eval --run {lattice}",
+        " ".join(["uv run", *DISCRETE, "--out", str(disc)]),
+        " ".join(["uv run", *CONTINUOUS, "--out", str(cont)]),
+        f"uv run fm-pixel eval --run RUN --n 1000 --nfe NFE [--guidance 1]   # RUN: {disc}, {cont}",
+        "```",
+        "",
+    ]
     m = _metrics(lattice)
     cfg = json.loads((lattice / "config.json").read_text())
     q, tr = m["quality"], m.get("train", {})

@@ -67,14 +67,14 @@ DISCRETE_DEFAULTS: dict[str, Any] = dict(
     batch_size=1024, lr=2e-3, weight_decay=0.0, schedule="cosine", warmup_steps=100, grad_clip=1.0, ema_decay=0.999,
     solver="euler", nfe=64,
 )  # fmt: skip
-#: Default training steps of discrete runs per dataset: about 2.5 minutes at the measured 8.6 steps/s
-#: of the 64-point lattice on the project's 2-core CPU (benchmarks/RESULTS.md, "Discrete flow matching").
+#: Default training steps of discrete runs per dataset: 2 to 2.6 minutes at the 6.4-8.8 steps/s measured
+#: for the 64-point lattice on the project's 2-core CPU (benchmarks/RESULTS.md, "Discrete flow matching").
 DISCRETE_STEPS: dict[str, int] = {
-    "checkerboard": 1200,
-    "olympic-rings": 1200,
-    "moons": 1200,
-    "8gaussians": 1200,
-    "spirals": 1200,
+    "checkerboard": 1000,
+    "olympic-rings": 1000,
+    "moons": 1000,
+    "8gaussians": 1000,
+    "spirals": 1000,
 }
 
 
