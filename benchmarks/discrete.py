@@ -129,8 +129,9 @@ def main() -> None:
         run_all(args.out)
     text = table(args.lattice or args.out / "lattice", args.discrete or args.out / "mnist16-discrete",
                  args.continuous or args.out / "mnist-continuous")  # fmt: skip
-    text += f"\nMachine: {os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
-    text += f"{time.strftime('%Y-%m-%d')}.\n"
+    machine = _metrics(args.discrete or args.out / "mnist16-discrete")["train"].get("machine", {})
+    text += f"\nMachine: {machine.get('cpus', os.cpu_count())} CPUs, {machine.get('torch_threads', '?')} torch threads "
+    text += f"in training; table written {time.strftime('%Y-%m-%d')}.\n"
     print(text)
     if not args.no_write:
         write_section(text)

@@ -56,6 +56,7 @@ FLAGS = {
         "--nfe": set(), "--guidance": ANY_FINITE, "--sample-every": set(), "--threads": set(), "--log": set(),
         "--precision": set(), "--method": set(), "--equal-fraction": {"0"}, "--init-from": PATH_TO_NOWHERE,
         "--teacher": PATH_TO_NOWHERE, "--pairs": set(), "--teacher-solver": set(), "--teacher-nfe": set(), "--train-guidance": {"2.5"},
+        "--model": set(), "--levels": set(), "--source": set(), "--kappa": set(), "--discrete-loss": set(),
     },
     "sample": {
         "--run": PATH_TO_NOWHERE, "--n": set(), "--solver": set(), "--nfe": set(), "--guidance": ANY_FINITE,
@@ -73,9 +74,13 @@ MLP_ONLY = ("--hidden", "--depth")
 #: the method flags apply only with their --method (fm_cli.flags.add_method)
 MEANFLOW_ONLY = ("--equal-fraction", "--init-from", "--train-guidance")
 REFLOW_ONLY = ("--teacher", "--pairs", "--teacher-solver", "--teacher-nfe")
+#: the discrete flags apply only with --model discrete
+DISCRETE_ONLY = ("--levels", "--source", "--kappa", "--discrete-loss")
 
 
 def method_args(flag: str, run) -> list[str]:
+    if flag in DISCRETE_ONLY:
+        return ["--model", "discrete"]
     if flag in MEANFLOW_ONLY:
         return ["--method", "meanflow"]
     if flag in REFLOW_ONLY:

@@ -56,6 +56,7 @@ FLAGS = {
         "--device": set(), "--threads": set(), "--hidden": INT_POS, "--depth": INT_NONNEG, "--log": set(),
         "--precision": set(), "--method": set(), "--equal-fraction": INT_NONNEG, "--init-from": set(),
         "--teacher": set(), "--pairs": INT_POS, "--teacher-solver": set(), "--teacher-nfe": INT_POS,
+        "--lattice": set(), "--source": set(), "--kappa": set(), "--discrete-loss": set(),
     },
     "sample": {
         "--run": set(), "--n": INT_POS, "--solver": set(), "--nfe": INT_POS, "--guidance": set(), "--label": INT_NONNEG,
@@ -69,9 +70,13 @@ FLAGS = {
 #: the method flags apply only with their --method (fm_cli.flags.add_method)
 MEANFLOW_ONLY = ("--equal-fraction", "--init-from")
 REFLOW_ONLY = ("--teacher", "--pairs", "--teacher-solver", "--teacher-nfe")
+#: the discrete flags apply only with --model discrete
+DISCRETE_ONLY = ("--lattice", "--source", "--kappa", "--discrete-loss")
 
 
 def method_args(flag: str, run) -> list[str]:
+    if flag in DISCRETE_ONLY:
+        return ["--model", "discrete"]
     if flag in MEANFLOW_ONLY:
         return ["--method", "meanflow"]
     if flag in REFLOW_ONLY:
