@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--net",
         choices=NETS,
         default=None,
-        help="velocity network: unet, mlp or dit (fm_nets.DiT, 2x2 patches) (default: the recipe's, unet)",
+        help="velocity network: unet, mlp or dit (fm_nets.DiT, 2x2 patches); --model discrete uses token-dit "
+        "(default: the recipe's, unet)",
     )
     t.add_argument("--model", choices=MODELS, default=None,
                    help="fm: flow matching on pixel values; discrete: discrete flow matching on grey levels "
