@@ -81,16 +81,14 @@ class DiscreteMemoriser(nn.Module):
             hit = torch.log(kappa + (1 - kappa) / v)[:, None]
             miss = torch.log((1 - kappa) / v)[:, None]
             logw = matches * hit + (length - matches) * miss
+        bias = torch.zeros_like(logw)  # -inf on the points of another class than a row's known label
         if y is not None and self.labels is not None:
             y = y.to(z.device)
             known_label = (y[:, None] == self.labels[None]).any(-1, keepdim=True)
-            logw = torch.where(known_label & (y[:, None] != self.labels[None]), -math.inf, logw)
+            bias = bias.masked_fill(known_label & (y[:, None] != self.labels[None]), -math.inf)
+            logw = logw + bias
         lost = torch.isinf(logw).all(-1, keepdim=True)  # off the path's support: uniform over the points
-        if bool(lost.any()):
-            allowed = torch.zeros_like(logw)
-            if y is not None and self.labels is not None:
-                allowed = torch.where(known_label & (y[:, None] != self.labels[None]), -math.inf, allowed)
-            logw = torch.where(lost, allowed, logw)
+        logw = torch.where(lost, bias, logw)
         return torch.log_softmax(logw, dim=-1)
 
     def forward(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:

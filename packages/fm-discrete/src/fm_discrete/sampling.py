@@ -207,14 +207,17 @@ def _step(model, path: MixturePath, posterior_logits, joint, x: Tensor, y: Tenso
     u_move = uniform_draw(x.shape, dev, g)  # whether it moves (forward, backward or not at all)
     u_src = uniform_draw(x.shape, dev, g) if corrector > 0 else None
     u_joint = uniform_draw((b,), dev, g) if joint is not None else None
-    logits = posterior_logits(x, t, y)
-    want = (*x.shape, path.vocab_size)
-    if tuple(logits.shape) != want:
-        raise ValueError(f"model output must be logits of shape {want}, got {tuple(logits.shape)}")
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if joint is not None:
+    probs = None  # the per-position posterior: for the draws, and for the uniform source's corrector
+    if joint is None or (corrector > 0 and path.source == "uniform"):
+        logits = posterior_logits(x, t, y)
+        want = (*x.shape, path.vocab_size)
+        if tuple(logits.shape) != want:
+            raise ValueError(f"model output must be logits of shape {want}, got {tuple(logits.shape)}")
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if joint is not None:  # whole data points from the joint posterior (one model evaluation, as the logits)
         x1 = joint(x, t, y, u_joint)
     else:
+        assert probs is not None
         x1 = sample_categorical(probs, u_pick)
     tt = torch.tensor(float(t_now), dtype=torch.float64)
     if method == "exact":
@@ -237,6 +240,7 @@ def _step(model, path: MixturePath, posterior_logits, joint, x: Tensor, y: Tenso
             back = torch.full_like(x, path.vocab_size)
         else:
             v = path.vocab_size
+            assert probs is not None
             p_same = probs.gather(-1, x.unsqueeze(-1)).squeeze(-1)
             p_back = h * corrector * d_kappa * p_same / (kappa + (1 - kappa) / v)
             back = (u_src * v).long().clamp_(max=v - 1)
