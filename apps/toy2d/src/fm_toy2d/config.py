@@ -45,6 +45,8 @@ __all__ = [
     "TARGETS",
     "TIMES",
     "make_config",
+    "model_config_dict",
+    "with_model_defaults",
 ]
 
 MODELS = ("fm", "nf", "discrete")
@@ -274,3 +276,37 @@ def make_config(dataset: str = "checkerboard", recipe: str = "default", **overri
         over["target"] = "conditional"  # the batch-marginal target assumes independent coupling
     base.update(over)
     return RunConfig(dataset=dataset, recipe=recipe, net=net, **base)
+
+
+def with_model_defaults(
+    cfg: RunConfig | dict[str, Any], model: str, defaults: dict[str, Any], steps: dict[str, int]
+) -> dict[str, Any]:
+    """The config dict of a run of kind ``model`` ("nf", "discrete") with that kind's defaults applied.
+
+    ``cfg`` is a RunConfig (taken as is, except an unset budget gets ``steps[dataset]``), or the CLI's
+    dict: ``RunConfig.to_dict()`` plus ``"user_set"``, the fields given on the command line; the other
+    fields of ``defaults`` get their default. A dict without ``"user_set"`` is taken as fully specified.
+    The caller completes ``net`` and builds the RunConfig.
+    """
+    if isinstance(cfg, RunConfig):
+        data, user_set = cfg.to_dict(), None
+    else:
+        data = dict(cfg)
+        user_set = data.pop("user_set", None)
+    data["model"] = model
+    if user_set is not None:
+        given = set(user_set)
+        data.update({key: value for key, value in defaults.items() if key not in given})
+    if data.get("steps") is None and data.get("minutes") is None:
+        data["steps"] = steps[data.get("dataset", "checkerboard")]
+    return data
+
+
+def model_config_dict(dataset: str, model: str, **overrides: Any) -> dict[str, Any]:
+    """The CLI-style dict of a ``model`` run for ``dataset`` (``to_dict()`` plus ``"user_set"``, the names
+    of ``overrides`` that are not None; ``net`` as given) for :func:`with_model_defaults`."""
+    over = {k: v for k, v in overrides.items() if v is not None}
+    data = RunConfig(dataset=dataset, model=model, **{k: v for k, v in over.items() if k != "net"}).to_dict()
+    data["net"] = over.get("net", {})
+    data["user_set"] = sorted(over)
+    return data

@@ -32,7 +32,7 @@ from fm_nets import build_net
 from fm_train import CSVLogger, RunDir, StepContext, Trainer, TrainResult, load_model_for_sampling, resolve_device
 from fm_train.checkpoint import CheckpointError
 
-from .config import RunConfig
+from .config import RunConfig, model_config_dict, with_model_defaults
 from .evaluation import SAMPLE_OFFSET, sample_metrics
 from .training import APP_FORMAT, SAMPLE_BATCH, build_distribution, label_problem, read_run
 
@@ -83,18 +83,7 @@ def resolve_config(cfg: RunConfig | dict[str, Any]) -> RunConfig:
     """The RunConfig of a discrete run with the discrete defaults applied (as fm_toy2d.nf.resolve_config):
     a RunConfig is taken as is (an unset budget gets :data:`DISCRETE_STEPS`); the CLI's dict (``to_dict()``
     plus ``"user_set"``) gets :data:`DISCRETE_DEFAULTS` for the fields the user did not give."""
-    if isinstance(cfg, RunConfig):
-        data, user_set = cfg.to_dict(), None
-    else:
-        data = dict(cfg)
-        user_set = data.pop("user_set", None)
-    data["model"] = "discrete"
-    if user_set is not None:
-        for key, value in DISCRETE_DEFAULTS.items():
-            if key not in set(user_set):
-                data[key] = value
-    if data.get("steps") is None and data.get("minutes") is None:
-        data["steps"] = DISCRETE_STEPS[data.get("dataset", "checkerboard")]
+    data = with_model_defaults(cfg, "discrete", DISCRETE_DEFAULTS, DISCRETE_STEPS)
     net = dict(DISCRETE_NET)
     for key, value in (data.get("net") or {}).items():
         if key not in DISCRETE_NET:
@@ -106,10 +95,7 @@ def resolve_config(cfg: RunConfig | dict[str, Any]) -> RunConfig:
 
 def make_discrete_config(dataset: str = "checkerboard", **overrides: Any) -> RunConfig:
     """A discrete RunConfig for ``dataset`` with the discrete defaults and ``overrides`` (None ignored)."""
-    over = {k: v for k, v in overrides.items() if v is not None}
-    data = RunConfig(dataset=dataset, model="discrete", **{k: v for k, v in over.items() if k != "net"}).to_dict()
-    data["net"] = over.get("net", {})
-    data["user_set"] = sorted(over)
+    data = model_config_dict(dataset, "discrete", **overrides)
     return resolve_config(data)
 
 

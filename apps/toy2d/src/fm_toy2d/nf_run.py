@@ -28,7 +28,7 @@ from fm_nflows import Flow, build_flow
 from fm_train import RunDir, load_model_for_sampling
 from fm_train.checkpoint import CheckpointError
 
-from .config import RunConfig
+from .config import RunConfig, model_config_dict, with_model_defaults
 from .training import SAMPLE_BATCH, build_distribution, label_problem, read_run
 
 __all__ = [
@@ -109,20 +109,7 @@ def resolve_config(cfg: RunConfig | dict[str, Any]) -> RunConfig:
     the other optimisation fields get :data:`NF_DEFAULTS`. A dict without ``"user_set"`` is taken
     as fully specified. ``net`` always ends up as complete build_flow keyword arguments.
     """
-    if isinstance(cfg, RunConfig):
-        data = cfg.to_dict()
-        user_set = None
-    else:
-        data = dict(cfg)
-        user_set = data.pop("user_set", None)
-    data["model"] = "nf"
-    if user_set is not None:
-        user_set = set(user_set)
-        for key, value in NF_DEFAULTS.items():
-            if key not in user_set:
-                data[key] = value
-    if data.get("steps") is None and data.get("minutes") is None:
-        data["steps"] = NF_STEPS[data.get("dataset", "checkerboard")]
+    data = with_model_defaults(cfg, "nf", NF_DEFAULTS, NF_STEPS)
     data["net"] = _net_from_cli(data.get("net"))
     return RunConfig.from_dict(data)
 
@@ -132,10 +119,7 @@ def make_nf_config(dataset: str = "checkerboard", **overrides: Any) -> RunConfig
 
     ``net`` overrides are build_flow keyword arguments (``hidden``, ``n_layers``, ...).
     """
-    over = {k: v for k, v in overrides.items() if v is not None}
-    data = RunConfig(dataset=dataset, model="nf", **{k: v for k, v in over.items() if k != "net"}).to_dict()
-    data["net"] = over.get("net", {})
-    data["user_set"] = sorted(over)
+    data = model_config_dict(dataset, "nf", **overrides)
     return resolve_config(data)
 
 
